@@ -42,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help"} or args[0] not in COMMANDS:
         parser = argparse.ArgumentParser(prog="flotilla", description="Flotilla: SLM fleets on Kubernetes.")
-        parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+        parser.add_argument(
+            "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
+        )
         parser.parse_args(args[:1])
         return 2
     command, _ = COMMANDS[args[0]]

@@ -202,7 +202,9 @@ def main(argv: Sequence[str]) -> int:
     if args.check:
         current = args.out.read_text() if args.out.exists() else ""
         if current != text:
-            diff = difflib.unified_diff(current.splitlines(), text.splitlines(), str(args.out), "generated", lineterm="")
+            diff = difflib.unified_diff(
+                current.splitlines(), text.splitlines(), str(args.out), "generated", lineterm=""
+            )
             print("\n".join(list(diff)[:60]), file=sys.stderr)
             print(f"{args.out} is stale: run `make crds` (python -m flotilla crds)", file=sys.stderr)
             return 1

@@ -1,0 +1,105 @@
+"""Operator configuration: environment variables (FLOTILLA_*) over an optional YAML file.
+
+Validated once at start; a bad value stops the operator with a message naming the setting,
+rather than surfacing later as a broken Job or Deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "FLOTILLA_"
+CONFIG_FILE_ENV = "FLOTILLA_CONFIG"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+IMAGE = r"^[\w.\-/:@]+$"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names each bad setting."""
+
+
+class OperatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optimizer_image: str = Field(
+        default="ghcr.io/flotilla-dev/flotilla-optimizer:0.1.0",
+        pattern=IMAGE,
+        description="Image of the optimization Job (images/optimizer).",
+    )
+    triton_image: str = Field(
+        default="nvcr.io/nvidia/tritonserver:25.10-py3",
+        pattern=IMAGE,
+        description="Triton Inference Server image of the serving pods.",
+    )
+    artifact_pvc: str = Field(
+        default="flotilla-artifacts",
+        pattern=DNS_LABEL,
+        description="PersistentVolumeClaim (in each SmallModel's namespace) that stores artifacts.",
+    )
+    artifact_pvc_size: str = Field(default="50Gi", description="Size requested when Flotilla creates that claim.")
+    artifact_storage_class: str | None = Field(default=None, description="StorageClass of the claim it creates.")
+    create_artifact_pvc: bool = Field(default=True, description="Create the claim in a namespace when it is missing.")
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means all.")
+    workers: int = Field(default=64, ge=1, le=1024, description="Objects reconciled concurrently.")
+    resync_seconds: float = Field(default=60.0, gt=0, description="Periodic reconcile of every SmallModel.")
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off.")
+    optimizer_cpu: str = Field(default="2", description="CPU request of the optimization Job.")
+    optimizer_memory: str = Field(default="8Gi", description="Memory request (and limit) of the optimization Job.")
+    optimizer_deadline_seconds: int = Field(default=7200, ge=60, description="activeDeadlineSeconds of the Job.")
+    hf_offline: bool = Field(default=False, description="Set HF_HUB_OFFLINE=1 in optimization Jobs.")
+    job_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of optimization Jobs.")
+    serving_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of serving pods.")
+    termination_grace_seconds: int = Field(default=30, ge=1, le=3600, description="Grace period of serving pods.")
+
+    @field_validator("namespaces")
+    @classmethod
+    def _dns_labels(cls, value: list[str]) -> list[str]:
+        import re
+
+        bad = [ns for ns in value if not re.fullmatch(DNS_LABEL, ns)]
+        if bad:
+            raise ValueError(f"not valid namespace names: {', '.join(bad)}")
+        return value
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """FLOTILLA_TRITON_IMAGE=... -> {"triton_image": ...}; lists/maps as YAML or comma lists."""
+    values: dict[str, Any] = {}
+    for name, field in OperatorConfig.model_fields.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        if field.annotation == list[str]:
+            values[name] = [item.strip() for item in raw.split(",") if item.strip()]
+        elif field.annotation == dict[str, str]:
+            values[name] = yaml.safe_load(raw) or {}
+        else:
+            values[name] = raw
+    return values
+
+
+def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path := env.get(CONFIG_FILE_ENV):
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{CONFIG_FILE_ENV}={path}: cannot read: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{CONFIG_FILE_ENV}={path}: expected a mapping of settings")
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+    values.update(_from_env(env))
+    try:
+        return OperatorConfig.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid operator configuration: {problems}") from None

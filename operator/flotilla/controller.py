@@ -1,0 +1,134 @@
+"""Runs reconciles: one at a time per SmallModel, woken by its own changes, its children's
+changes, or a periodic resync. Glue between kopf (handlers.py), the pure planner and kube/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from flotilla import telemetry
+from flotilla.api.v1alpha1 import ArtifactSummary, SmallModel, SmallModelStatus
+from flotilla.config import OperatorConfig
+from flotilla.kube import Kube, execute
+from flotilla.reconcile import Context, Observed, Plan, plan
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+
+
+def render_config(model: SmallModel, summary: ArtifactSummary) -> str:
+    """The revision's config.pbtxt: the artifact's I/O with this SmallModel's serving settings."""
+    from flotilla.triton.config import render_model_config
+
+    serving = model.spec.serving
+    return render_model_config(
+        task=summary.task or model.spec.source.task,
+        backend=summary.backend or "python",
+        max_batch_size=serving.max_batch_size,
+        max_queue_delay_us=serving.max_queue_delay_microseconds,
+        instance_count=serving.instance_count,
+        gpu=serving.gpu.count > 0,
+    )
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controller:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        kube: Kube | None = None,
+        clock: Callable[[], str] = utc_now,
+        renderer: Callable[[SmallModel, ArtifactSummary], str] = render_config,
+    ) -> None:
+        self.config = config
+        self.kube = kube or Kube()
+        self.clock = clock
+        self.renderer = renderer
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._wakeups: dict[Key, asyncio.Event] = {}
+        # Status is written only by us, so the last status we wrote is fresher than a watch
+        # event that may still be in flight; a restart starts from the object's status.
+        self._written: dict[Key, SmallModelStatus] = {}
+
+    def kick(self, namespace: str, name: str) -> None:
+        """A child changed: wake the model's loop (coalesced if it is already awake)."""
+        if (event := self._wakeups.get((namespace, name))) is not None:
+            event.set()
+
+    async def wait(self, namespace: str, name: str, timeout: float) -> None:
+        event = self._wakeups.setdefault((namespace, name), asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        event.clear()
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self._locks.pop(key, None)
+        self._wakeups.pop(key, None)
+        self._written.pop(key, None)
+        telemetry.CONDITIONS.by_model.pop(key, None)
+
+    def _model(self, body: Mapping[str, Any]) -> SmallModel:
+        model = SmallModel.from_body(body)
+        written = self._written.get((model.metadata.namespace, model.metadata.name))
+        return model.model_copy(update={"status": written}) if written is not None else model
+
+    async def reconcile(self, body: Mapping[str, Any], observed: Observed) -> Plan | None:
+        model = self._model(body)
+        if model.metadata.deletion_timestamp:
+            return None
+        key = (model.metadata.namespace, model.metadata.name)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            model = self._model(body)
+            started = time.perf_counter()
+            try:
+                result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
+                requests = await execute(self.kube, model, result, observed, dict(body))
+            except Exception:
+                telemetry.RECONCILES.labels(result="error").inc()
+                raise
+            finally:
+                telemetry.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+            telemetry.RECONCILES.labels(result="ok").inc()
+            telemetry.API_REQUESTS.inc(requests)
+            self._written[key] = result.status
+            self._record(key, result)
+            return result
+
+    @staticmethod
+    def _record(key: Key, result: Plan) -> None:
+        telemetry.CONDITIONS.by_model[key] = {c.type: c.status for c in result.status.conditions}
+        for event in result.events:
+            if event.reason == "OptimizationStarted":
+                telemetry.JOBS.labels(event="started").inc()
+            elif event.reason == "Optimized":
+                telemetry.JOBS.labels(event="succeeded").inc()
+            elif event.type == "Warning" and result.status.condition("Optimized") is not None:
+                cond = result.status.condition("Optimized")
+                if cond is not None and cond.reason == event.reason:
+                    telemetry.JOBS.labels(event="failed").inc()
+
+    async def resync_loop(self, body: Mapping[str, Any], observed: Callable[[], Observed], stopped: Any) -> None:
+        """Per-model loop (a kopf daemon): reconcile when kicked or every resync period."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        failures = 0
+        while not stopped:
+            await self.wait(namespace, name, self.config.resync_seconds if failures == 0 else min(2**failures, 60))
+            if stopped:
+                break
+            await asyncio.sleep(0.05)  # let a burst of child events land in the indexes first
+            try:
+                await self.reconcile(body, observed())
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("reconcile of %s/%s failed (attempt %d)", namespace, name, failures)

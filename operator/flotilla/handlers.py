@@ -1,0 +1,146 @@
+"""Every kopf decorator of the operator. Handlers only parse what kopf hands them and
+delegate to the Controller (kept in kopf's memo); no decisions are made here.
+
+Children are indexed in memory (kopf indexes: kopf fills them before any handler runs, so a
+restarted operator sees the Jobs it already created), and each child event wakes its
+SmallModel's loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+
+from flotilla.api.v1alpha1 import (
+    ANNOTATION_PREFIX,
+    FINALIZER,
+    GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    MANAGED_BY,
+    PLURAL,
+    VERSION,
+)
+from flotilla.controller import Controller
+from flotilla.reconcile import DeploymentView, JobView, ObjectView, Observed, PodView
+
+CHILD: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
+Key = tuple[str, str]
+
+
+def _owner(body: kopf.Body) -> Key:
+    """(namespace, model name) of a child, from its labels."""
+    return (body.metadata.namespace or "", body.metadata.labels[LABEL_MODEL])
+
+
+SMALLMODEL = (GROUP, VERSION, PLURAL)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Objects handled concurrently per resource kind: enough to keep a 1,000-model fleet
+    # moving, bounded so a burst cannot exhaust the API server's inflight limit.
+    settings.batching.worker_limit = memo.config.workers
+    settings.posting.level = logging.WARNING  # our own Events say what happened
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    memo.controller = Controller(memo.config)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.controller.kube.close()
+
+
+# --- indexes of children, keyed by (namespace, model name) --------------------------------
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILD)
+def jobs(body: kopf.Body, **_: Any) -> dict[Key, JobView]:
+    return {_owner(body): JobView.from_object(body)}
+
+
+@kopf.index("v1", "pods", labels=CHILD)
+def pods(body: kopf.Body, **_: Any) -> dict[Key, PodView]:
+    return {_owner(body): PodView.from_object(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=CHILD)
+def deployments(body: kopf.Body, **_: Any) -> dict[Key, DeploymentView]:
+    return {_owner(body): DeploymentView.from_object(body)}
+
+
+@kopf.index("v1", "services", labels=CHILD)
+@kopf.index("v1", "configmaps", labels=CHILD)
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD)
+def objects(body: kopf.Body, **_: Any) -> dict[Key, ObjectView]:
+    return {_owner(body): ObjectView.from_object(body)}
+
+
+@kopf.index("v1", "persistentvolumeclaims")
+def claims(body: kopf.Body, **_: Any) -> dict[Key, bool]:
+    return {(body.metadata.namespace or "", body.metadata.name or ""): True}
+
+
+def _key(body: kopf.Body) -> Key:
+    return (body.metadata.namespace or "", body.metadata.name or "")
+
+
+def _observed(memo: kopf.Memo, key: Key, indexes: dict[str, Any]) -> Observed:
+
+    def get(index: str) -> tuple[Any, ...]:
+        values: Iterable[Any] = indexes[index].get(key, ())
+        return tuple(values)
+
+    return Observed(
+        jobs=get("jobs"),
+        pods=get("pods"),
+        deployments=get("deployments"),
+        others=get("objects"),
+        artifact_pvc_exists=(key[0], memo.config.artifact_pvc) in indexes["claims"],
+    )
+
+
+def _indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("jobs", "pods", "deployments", "objects", "claims")}
+
+
+# --- children wake their model ----------------------------------------------------------
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD)
+@kopf.on.event("v1", "pods", labels=CHILD)
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD)
+def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.kick(*_owner(body))
+
+
+# --- SmallModel -------------------------------------------------------------------------
+
+
+@kopf.on.resume(*SMALLMODEL)
+@kopf.on.create(*SMALLMODEL)
+@kopf.on.update(*SMALLMODEL, field="spec")
+async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    await memo.controller.reconcile(body, _observed(memo, _key(body), _indexes(kwargs)))
+
+
+@kopf.daemon(*SMALLMODEL, cancellation_timeout=2.0)
+async def resync(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+    indexes = _indexes(kwargs)
+    await memo.controller.resync_loop(body, lambda: _observed(memo, _key(body), indexes), stopped)
+
+
+@kopf.on.delete(*SMALLMODEL)
+def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # Children carry owner references and go with the garbage collector; this releases
+    # what the operator holds in memory for the model.
+    memo.controller.forget(*_key(body))

@@ -1,0 +1,134 @@
+"""The only code that talks to the API server.
+
+Children are written with server-side apply under one field manager (`flotilla`), so
+a second apply of the same object is a no-op on the server and other managers' fields (an
+HPA's replicas, a user's annotations) are left alone. Replicas go through the scale
+subresource under a separate manager, so applies never fight the autoscaler over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import AsyncClient, codecs
+from lightkube.core.exceptions import ApiError
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Event
+from lightkube.types import CascadeType, PatchType
+
+from flotilla.api.v1alpha1 import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+SCALE_MANAGER = f"{FIELD_MANAGER}-scaler"
+RESULT_MANAGER = f"{FIELD_MANAGER}-results"
+SmallModelResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+
+
+def _namespaced(api_version: str, kind: str) -> type[NamespacedResource]:
+    resource = codecs.resource_registry.load(api_version, kind)
+    if resource is None or not issubclass(resource, NamespacedResource):
+        raise ValueError(f"{api_version}/{kind} is not a namespaced resource known to lightkube")
+    return resource
+
+
+class Kube:
+    """A thin, typed facade over lightkube's AsyncClient, counting its requests."""
+
+    def __init__(self, client: AsyncClient | None = None) -> None:
+        self._client = client
+        self.requests = 0
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._client is None:  # created lazily, inside the operator's event loop
+            self._client = AsyncClient(field_manager=FIELD_MANAGER)
+        return self._client
+
+    async def apply(self, obj: Mapping[str, Any]) -> None:
+        self.requests += 1
+        resource = codecs.from_dict(dict(obj))
+        await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        self.requests += 1
+        resource = _namespaced(api_version, kind)
+        try:
+            await self.client.delete(resource, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        except ApiError as err:
+            if err.status.code != 404:
+                raise
+
+    async def scale(self, deployment: str, namespace: str, replicas: int) -> None:
+        self.requests += 1
+        patch = {"spec": {"replicas": replicas}}
+        await self.client.patch(
+            Deployment.Scale,
+            deployment,
+            patch,
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager=SCALE_MANAGER,
+        )
+
+    async def annotate(
+        self, api_version: str, kind: str, name: str, namespace: str, annotations: dict[str, str]
+    ) -> None:
+        self.requests += 1
+        resource = _namespaced(api_version, kind)
+        patch = {"metadata": {"annotations": annotations}}
+        await self.client.patch(
+            resource, name, patch, namespace=namespace, patch_type=PatchType.MERGE, field_manager=RESULT_MANAGER
+        )
+
+    async def apply_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
+        """Server-side apply of the whole status: fields we stop setting are removed."""
+        self.requests += 1
+        body = SmallModelResource.Status(
+            apiVersion=f"{GROUP}/{VERSION}",
+            kind=KIND,
+            metadata=ObjectMeta(name=name, namespace=namespace),
+            status=dict(status),
+        )
+        await self.client.apply(body, field_manager=FIELD_MANAGER, force=True)
+
+    async def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the SmallModel, as `kubectl describe` shows them."""
+        self.requests += 1
+        now = datetime.now(UTC)
+        meta = involved["metadata"]
+        event = Event(
+            metadata=ObjectMeta(generateName=f"{meta['name']}.", namespace=meta["namespace"]),
+            involvedObject=ObjectReference(
+                apiVersion=f"{GROUP}/{VERSION}",
+                kind=KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+                resourceVersion=meta.get("resourceVersion"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=EventSource(component="flotilla"),
+            reportingComponent="flotilla.dev/operator",
+            reportingInstance="flotilla",
+            firstTimestamp=now,
+            lastTimestamp=now,
+            count=1,
+        )
+        try:
+            await self.client.create(event)
+        except ApiError as err:  # events are best effort: never fail a reconcile over one
+            log.warning("could not post event %s/%s: %s", reason, meta["name"], err)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()

@@ -1,0 +1,133 @@
+"""Where the artifact for the current spec stands, from the Job that builds it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flotilla.api.v1alpha1 import ArtifactStatus, ArtifactSummary, SmallModel
+from flotilla.api.v1alpha1.artifact import Accuracy, Speedup
+from flotilla.resources.meta import job_name
+
+from .observed import JobView, Observed, PodView, parse_summary
+
+
+@dataclass(frozen=True)
+class Ready:
+    summary: ArtifactSummary
+    job: str
+    newly_read: bool  # read from the pod this time: persist it on the Job
+
+
+@dataclass(frozen=True)
+class Building:
+    job: str
+    exists: bool  # False: the planner must create the Job
+    unschedulable: str | None
+
+
+@dataclass(frozen=True)
+class Failed:
+    summary: ArtifactSummary
+    job: str
+    newly_read: bool
+
+
+ArtifactState = Ready | Building | Failed
+
+
+def _pod_summary(pods: list[PodView]) -> ArtifactSummary | None:
+    for pod in sorted(pods, key=lambda p: p.name, reverse=True):
+        summary = parse_summary(pod.terminated_message)
+        if summary is not None:
+            return summary
+    return None
+
+
+def _pod_failure_detail(pods: list[PodView]) -> str:
+    for pod in pods:
+        if pod.terminated_reason or pod.exit_code is not None:
+            tail = (pod.terminated_message or "").strip()[-500:]
+            detail = f"pod {pod.name}: {pod.terminated_reason or 'terminated'} (exit code {pod.exit_code})"
+            return f"{detail}: {tail}" if tail else detail
+    return ""
+
+
+def _from_finished_job(job: JobView, key: str, pods: list[PodView]) -> ArtifactState:
+    summary = _pod_summary(pods)
+    if summary is not None:
+        return (Ready if summary.ok and job.complete else Failed)(summary, job.name, True)
+    if job.complete:
+        message = f"Job {job.name} completed without reporting a result"
+    else:
+        message = f"Job {job.name} failed ({job.failure_reason}: {job.failure_message})"
+        if detail := _pod_failure_detail(pods):
+            message += f"; {detail}"
+    return Failed(ArtifactSummary(ok=False, key=key, reason="OptimizerError", message=message), job.name, True)
+
+
+def _from_status(model: SmallModel, key: str) -> ArtifactSummary | None:
+    """An artifact recorded in status survives its Job being deleted (TTL, a user)."""
+    art = model.status.artifact
+    if art is None or art.key != key or art.model_name is None or not model.status.is_true("Optimized"):
+        return None
+    return ArtifactSummary(
+        ok=True,
+        key=key,
+        model_name=art.model_name,
+        backend=art.backend,
+        precision=art.precision,
+        recipe=art.recipe,
+        size_bytes=art.size_bytes,
+        size_ratio=art.size_ratio,
+        accuracy=Accuracy.model_validate(art.accuracy.model_dump()) if art.accuracy else None,
+        speedup=Speedup.model_validate(art.speedup.model_dump()) if art.speedup else None,
+    )
+
+
+def artifact_state(model: SmallModel, key: str, observed: Observed) -> ArtifactState:
+    name = job_name(model.metadata.name, key)
+    job = observed.job(name)
+    if job is not None and job.result is not None:
+        return (Ready if job.result.ok else Failed)(job.result, name, False)
+    if job is not None and (job.complete or job.failed):
+        return _from_finished_job(job, key, observed.pods_of_job(name))
+    if job is not None:
+        waiting = next((p.unschedulable for p in observed.pods_of_job(name) if p.unschedulable), None)
+        return Building(name, exists=True, unschedulable=waiting)
+    if (recorded := _from_status(model, key)) is not None:
+        return Ready(recorded, name, False)
+    return Building(name, exists=False, unschedulable=None)
+
+
+def artifact_status(state: ArtifactState, key: str) -> ArtifactStatus:
+    if not isinstance(state, Ready):
+        return ArtifactStatus(key=key, job_name=state.job)
+    s = state.summary
+    return ArtifactStatus.model_validate(
+        {
+            "key": key,
+            "uri": f"{key}/{s.model_name}",
+            "model_name": s.model_name,
+            "backend": s.backend,
+            "precision": s.precision,
+            "recipe": s.recipe,
+            "size_bytes": s.size_bytes,
+            "size_ratio": s.size_ratio,
+            "accuracy": s.accuracy.model_dump() if s.accuracy else None,
+            "speedup": s.speedup.model_dump() if s.speedup else None,
+            "job_name": state.job,
+        }
+    )
+
+
+def describe(summary: ArtifactSummary) -> str:
+    """One line for the Optimized condition and its Event."""
+    parts = [f"{summary.precision or '?'} ({summary.recipe or 'recipe unknown'})"]
+    if summary.size_bytes:
+        ratio = f", {summary.size_ratio:.2f}x of fp32" if summary.size_ratio else ""
+        parts.append(f"{summary.size_bytes / 1e6:.0f} MB{ratio}")
+    if summary.speedup and summary.speedup.prefill:
+        parts.append(f"prefill {summary.speedup.prefill:.2f}x")
+    if summary.accuracy and summary.accuracy.top1_agreement is not None:
+        parts.append(f"top-1 agreement {summary.accuracy.top1_agreement:.3f}")
+    return ", ".join(parts)

@@ -1,0 +1,202 @@
+"""What the planner knows of the cluster: small projections of a SmallModel's children.
+
+Built from raw API objects by pure functions, so the operator's in-memory indexes and the
+tests construct them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flotilla.api.v1alpha1 import GROUP, LABEL_ARTIFACT_KEY, LABEL_REVISION, ArtifactSummary
+from flotilla.resources.meta import ANNOTATION_APPLIED_HASH
+
+ANNOTATION_RESULT = f"{GROUP}/result"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta: Mapping[str, Any] = obj.get("metadata") or {}
+    return meta
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    labels: Mapping[str, str] = _meta(obj).get("labels") or {}
+    return labels
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    annotations: Mapping[str, str] = _meta(obj).get("annotations") or {}
+    return annotations
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    conditions: Iterable[Mapping[str, Any]] = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def _is_true(obj: Mapping[str, Any], type_: str) -> bool:
+    cond = _condition(obj, type_)
+    return cond is not None and cond.get("status") == "True"
+
+
+def parse_summary(text: str | None) -> ArtifactSummary | None:
+    if not text:
+        return None
+    try:
+        return ArtifactSummary.from_termination_message(text.strip())
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    key: str
+    applied_hash: str | None
+    complete: bool
+    failed: bool
+    failure_reason: str  # the Job's Failed condition reason, e.g. BackoffLimitExceeded
+    failure_message: str
+    result: ArtifactSummary | None  # persisted on the Job once read from its pod
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> JobView:
+        failed = _condition(obj, "Failed") or {}
+        return cls(
+            name=_meta(obj).get("name", ""),
+            key=_labels(obj).get(LABEL_ARTIFACT_KEY, ""),
+            applied_hash=_annotations(obj).get(ANNOTATION_APPLIED_HASH),
+            complete=_is_true(obj, "Complete"),
+            failed=failed.get("status") == "True",
+            failure_reason=failed.get("reason", ""),
+            failure_message=failed.get("message", ""),
+            result=parse_summary(_annotations(obj).get(ANNOTATION_RESULT)),
+        )
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    job_name: str | None
+    revision: str | None
+    phase: str
+    ready: bool
+    unschedulable: str | None  # the scheduler's message while the pod cannot be placed
+    terminated_message: str | None
+    terminated_reason: str | None  # e.g. Completed, Error, OOMKilled
+    exit_code: int | None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> PodView:
+        status = obj.get("status") or {}
+        scheduled = _condition(obj, "PodScheduled") or {}
+        unschedulable = scheduled.get("message", "") if scheduled.get("reason") == "Unschedulable" else None
+        terminated: Mapping[str, Any] = {}
+        for cs in status.get("containerStatuses") or []:
+            terminated = (
+                (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+            )
+            if terminated:
+                break
+        labels = _labels(obj)
+        return cls(
+            name=_meta(obj).get("name", ""),
+            job_name=labels.get(JOB_NAME_LABEL) or labels.get("job-name"),
+            revision=labels.get(LABEL_REVISION),
+            phase=status.get("phase", "Pending"),
+            ready=_is_true(obj, "Ready"),
+            unschedulable=unschedulable,
+            terminated_message=terminated.get("message"),
+            terminated_reason=terminated.get("reason"),
+            exit_code=terminated.get("exitCode"),
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    name: str
+    revision: str
+    key: str
+    applied_hash: str | None
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> DeploymentView:
+        status = obj.get("status") or {}
+        return cls(
+            name=_meta(obj).get("name", ""),
+            revision=_labels(obj).get(LABEL_REVISION, ""),
+            key=_labels(obj).get(LABEL_ARTIFACT_KEY, ""),
+            applied_hash=_annotations(obj).get(ANNOTATION_APPLIED_HASH),
+            replicas=int((obj.get("spec") or {}).get("replicas", 1)),
+            ready_replicas=int(status.get("readyReplicas", 0)),
+            updated_replicas=int(status.get("updatedReplicas", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ObjectView:
+    """Any other child (Service, ConfigMap, PodDisruptionBudget): identity and content hash."""
+
+    kind: str
+    name: str
+    applied_hash: str | None
+    revision: str | None = None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> ObjectView:
+        return cls(
+            kind=obj.get("kind", ""),
+            name=_meta(obj).get("name", ""),
+            applied_hash=_annotations(obj).get(ANNOTATION_APPLIED_HASH),
+            revision=_labels(obj).get(LABEL_REVISION),
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    jobs: tuple[JobView, ...] = ()
+    pods: tuple[PodView, ...] = ()
+    deployments: tuple[DeploymentView, ...] = ()
+    others: tuple[ObjectView, ...] = ()
+    artifact_pvc_exists: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def job(self, name: str) -> JobView | None:
+        return next((j for j in self.jobs if j.name == name), None)
+
+    def deployment(self, revision: str) -> DeploymentView | None:
+        return next((d for d in self.deployments if d.revision == revision), None)
+
+    def pods_of_job(self, job: str) -> list[PodView]:
+        return [p for p in self.pods if p.job_name == job]
+
+    def pods_of_revision(self, revision: str) -> list[PodView]:
+        return [p for p in self.pods if p.revision == revision]
+
+    def find(self, kind: str, name: str) -> JobView | DeploymentView | ObjectView | None:
+        views: tuple[JobView | DeploymentView | ObjectView, ...]
+        if kind == "Job":
+            views = self.jobs
+        elif kind == "Deployment":
+            views = self.deployments
+        else:
+            views = tuple(o for o in self.others if o.kind == kind)
+        return next((v for v in views if v.name == name), None)
+
+    def revisions(self) -> set[str]:
+        """Every serving revision that still has an object in the cluster."""
+        found = {d.revision for d in self.deployments} | {o.revision for o in self.others if o.revision}
+        return {r for r in found if r}
+
+    def exists(self, kind: str, name: str) -> bool:
+        return self.find(kind, name) is not None
+
+    def hash_of(self, kind: str, name: str) -> str | None:
+        view = self.find(kind, name)
+        return view.applied_hash if view else None

@@ -1,0 +1,1 @@
+"""Pure builders of the Kubernetes objects Flotilla owns. Dicts in, dicts out; no I/O."""

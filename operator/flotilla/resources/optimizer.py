@@ -1,0 +1,151 @@
+"""The optimization Job: `python -m flotilla optimize` writing <store>/<key>/."""
+
+from __future__ import annotations
+
+from flotilla.api.v1alpha1 import (
+    COMPONENT_OPTIMIZER,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    LABEL_ARTIFACT_KEY,
+    SmallModel,
+)
+from flotilla.config import OperatorConfig
+
+from .meta import Obj, job_name, object_meta
+
+ARTIFACT_MOUNT = "/artifacts"
+CONTAINER = "optimizer"
+# Exit codes of the optimizer that no retry can fix (bad input, budget not met): the Job
+# fails at once instead of burning its backoff on the same answer.
+PERMANENT_EXIT_CODES = [2, 3]
+
+
+def optimizer_args(model: SmallModel, key: str) -> list[str]:
+    spec = model.spec
+    budget = spec.optimize.accuracy_budget
+    args = [
+        "--source", spec.source.uri,
+        "--task", spec.source.task,
+        "--precision", spec.optimize.precision,
+        "--target", spec.optimize.target,
+        "--name", model.metadata.name,
+        "--out", f"{ARTIFACT_MOUNT}/{key}",
+        "--max-top1-disagreement", str(budget.max_top1_disagreement),
+        "--max-perplexity-increase", str(budget.max_perplexity_increase),
+        "--min-cosine-similarity", str(budget.min_cosine_similarity),
+    ]  # fmt: skip
+    if spec.source.revision:
+        args += ["--revision", spec.source.revision]
+    return args
+
+
+def _gpu_placement(model: SmallModel) -> Obj:
+    """TensorRT engines are built on the GPU product that will run them."""
+    gpu = model.spec.serving.gpu
+    if model.spec.optimize.target != "tensorrt":
+        return {}
+    placement: Obj = {"tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]}
+    if gpu.product:
+        term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [gpu.product]}]}
+        placement["affinity"] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+        }
+    return placement
+
+
+def _env(model: SmallModel, config: OperatorConfig) -> list[Obj]:
+    env: list[Obj] = [{"name": "HF_HOME", "value": "/tmp/hf"}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    if config.hf_offline:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    return env
+
+
+def _container(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
+    gpu_limits = {GPU_RESOURCE: 1} if model.spec.optimize.target == "tensorrt" else {}
+    container: Obj = {
+        "name": CONTAINER,
+        "image": config.optimizer_image,
+        "command": ["python", "-m", "flotilla", "optimize"],
+        "args": optimizer_args(model, key),
+        "env": _env(model, config),
+        "resources": {
+            "requests": {"cpu": config.optimizer_cpu, "memory": config.optimizer_memory},
+            "limits": {"memory": config.optimizer_memory, **gpu_limits},
+        },
+        "volumeMounts": [
+            {"name": "artifacts", "mountPath": ARTIFACT_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        # The optimizer writes its summary here; the operator reads it from the pod status.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if ref := model.spec.source.credentials_secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": ref.name}}]
+    return container
+
+
+def build_job(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
+    meta = object_meta(model, job_name(model.metadata.name, key), COMPONENT_OPTIMIZER, **{LABEL_ARTIFACT_KEY: key})
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(model, key, config)],
+        "volumes": [
+            {"name": "artifacts", "persistentVolumeClaim": {"claimName": config.artifact_pvc}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+        **_gpu_placement(model),
+    }
+    if config.job_node_selector:
+        pod_spec["nodeSelector"] = dict(config.job_node_selector)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": config.optimizer_deadline_seconds,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": PERMANENT_EXIT_CODES},
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": meta["labels"]}, "spec": pod_spec},
+        },
+    }
+
+
+def build_artifact_pvc(namespace: str, config: OperatorConfig) -> Obj:
+    """The shared artifact store of a namespace. Not owned by any SmallModel: artifacts are
+    content-addressed and reused across models and revisions."""
+    spec: Obj = {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": config.artifact_pvc_size}},
+    }
+    if config.artifact_storage_class:
+        spec["storageClassName"] = config.artifact_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": config.artifact_pvc,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "flotilla", "app.kubernetes.io/component": "artifact-store"},
+        },
+        "spec": spec,
+    }

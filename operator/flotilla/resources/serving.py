@@ -1,0 +1,235 @@
+"""Triton serving objects of one revision (Deployment, ConfigMap, PDB) and the model's Services.
+
+Layout inside the pod: the artifact's version directory is mounted read-only from the
+artifact store at /models/<model>/1, and the revision's config.pbtxt (serving settings:
+batching, instances, CPU/GPU) from an immutable ConfigMap beside it. Triton takes the model
+name from the directory, so one artifact serves any SmallModel name.
+"""
+
+from __future__ import annotations
+
+from flotilla.api.v1alpha1 import (
+    COMPONENT_SERVER,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    LABEL_ARTIFACT_KEY,
+    LABEL_COMPONENT,
+    LABEL_MODEL,
+    LABEL_REVISION,
+    MIG_RESOURCE_PREFIX,
+    SmallModel,
+)
+from flotilla.config import OperatorConfig
+
+from .meta import Obj, config_map_name, deployment_name, labels, object_meta
+
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+MODEL_REPOSITORY = "/models"
+CONTAINER = "triton"
+
+
+def server_selector(model: SmallModel) -> dict[str, str]:
+    return {LABEL_MODEL: model.metadata.name, LABEL_COMPONENT: COMPONENT_SERVER}
+
+
+def revision_selector(model: SmallModel, revision: str) -> dict[str, str]:
+    return {**server_selector(model), LABEL_REVISION: revision}
+
+
+def selector_string(model: SmallModel) -> str:
+    return ",".join(f"{k}={v}" for k, v in server_selector(model).items())
+
+
+def build_config_map(model: SmallModel, revision: str, config_pbtxt: str) -> Obj:
+    meta = object_meta(
+        model, config_map_name(model.metadata.name, revision), COMPONENT_SERVER, **{LABEL_REVISION: revision}
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "immutable": True,
+        "data": {"config.pbtxt": config_pbtxt},
+    }
+
+
+def triton_args(model: SmallModel, config: OperatorConfig) -> list[str]:
+    return [
+        f"--model-repository={MODEL_REPOSITORY}",
+        "--model-control-mode=explicit",
+        f"--load-model={model.metadata.name}",
+        "--strict-readiness=true",
+        # Per-request latency quantiles; Triton's only ones for non-decoupled models.
+        "--metrics-config=summary_latencies=true",
+        "--allow-metrics=true",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        # Bind to the pod IP only (downward API), never 0.0.0.0.
+        "--http-address=$(POD_IP)",
+        "--grpc-address=$(POD_IP)",
+        "--metrics-address=$(POD_IP)",
+        # Finish in-flight requests within the pod's grace period.
+        f"--exit-timeout-secs={config.termination_grace_seconds}",
+    ]
+
+
+def gpu_resources(model: SmallModel) -> dict[str, int]:
+    gpu = model.spec.serving.gpu
+    if gpu.count == 0:
+        return {}
+    if gpu.mig_profile:
+        return {f"{MIG_RESOURCE_PREFIX}{gpu.mig_profile}": gpu.count}
+    return {GPU_RESOURCE: gpu.count}
+
+
+def _resources(model: SmallModel) -> Obj:
+    res = model.spec.serving.resources
+    requests = dict(res.requests or {})
+    limits = {**(res.limits or {}), **gpu_resources(model)}
+    out: Obj = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probe(path: str, period: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 3,
+    }
+
+
+def _container(model: SmallModel, key: str, model_dir: str, config: OperatorConfig) -> Obj:
+    name = model.metadata.name
+    return {
+        "name": CONTAINER,
+        "image": config.triton_image,
+        "command": ["tritonserver"],
+        "args": triton_args(model, config),
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT},
+            {"name": "grpc", "containerPort": GRPC_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        "resources": _resources(model),
+        # Model loading can take minutes; liveness only starts once the startup probe passed.
+        "startupProbe": _probe("/v2/health/ready", 5, 120),
+        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "volumeMounts": [
+            {
+                "name": "artifact",
+                "mountPath": f"{MODEL_REPOSITORY}/{name}/1",
+                "subPath": f"{key}/{model_dir}/1",
+                "readOnly": True,
+            },
+            {
+                "name": "config",
+                "mountPath": f"{MODEL_REPOSITORY}/{name}/config.pbtxt",
+                "subPath": "config.pbtxt",
+                "readOnly": True,
+            },
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def _placement(model: SmallModel, revision: str, config: OperatorConfig) -> Obj:
+    gpu = model.spec.serving.gpu
+    placement: Obj = {
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": revision_selector(model, revision)},
+            }
+        ]
+    }
+    if gpu.count > 0:
+        placement["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    if gpu.count > 0 and gpu.product:
+        term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [gpu.product]}]}
+        placement["affinity"] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+        }
+    if config.serving_node_selector:
+        placement["nodeSelector"] = dict(config.serving_node_selector)
+    if model.spec.serving.priority_class_name:
+        placement["priorityClassName"] = model.spec.serving.priority_class_name
+    return placement
+
+
+def build_deployment(model: SmallModel, revision: str, key: str, model_dir: str, config: OperatorConfig) -> Obj:
+    name = model.metadata.name
+    extra = {LABEL_REVISION: revision, LABEL_ARTIFACT_KEY: key}
+    meta = object_meta(model, deployment_name(name, revision), COMPONENT_SERVER, **extra)
+    pod_labels = labels(model, COMPONENT_SERVER, **extra)
+    pod_spec: Obj = {
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(model, key, model_dir, config)],
+        "volumes": [
+            {"name": "artifact", "persistentVolumeClaim": {"claimName": config.artifact_pvc, "readOnly": True}},
+            {"name": "config", "configMap": {"name": config_map_name(name, revision)}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+        **_placement(model, revision, config),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": revision_selector(model, revision)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }
+
+
+def build_pdb(model: SmallModel, revision: str) -> Obj:
+    """Only while a revision has more than one replica: a PDB on one replica blocks drains."""
+    name = deployment_name(model.metadata.name, revision)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_meta(model, name, COMPONENT_SERVER, **{LABEL_REVISION: revision}),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": revision_selector(model, revision)}},
+    }
+
+
+def _ports() -> list[Obj]:
+    return [
+        {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+        {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
+        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+    ]
+
+
+def build_service(model: SmallModel, suffix: str = "", revision: str | None = None) -> Obj:
+    """`<name>` selects every serving pod; `<name>-stable|canary` one revision each."""
+    name = model.metadata.name + (f"-{suffix}" if suffix else "")
+    selector = revision_selector(model, revision) if revision else server_selector(model)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(model, name, COMPONENT_SERVER),
+        "spec": {"type": "ClusterIP", "selector": selector, "ports": _ports()},
+    }

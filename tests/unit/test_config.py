@@ -1,0 +1,49 @@
+"""Operator configuration from environment and file, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flotilla.config import ConfigError, load_config
+
+
+def test_defaults() -> None:
+    config = load_config({})
+    assert config.artifact_pvc == "flotilla-artifacts"
+    assert config.namespaces == []
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    file = tmp_path / "config.yaml"
+    file.write_text("triton-image: example.com/triton:1\nworkers: 8\nnamespaces: [a, b]\n")
+    config = load_config(
+        {"FLOTILLA_CONFIG": str(file), "FLOTILLA_WORKERS": "16", "FLOTILLA_JOB_NODE_SELECTOR": "{pool: cpu}"}
+    )
+    assert config.triton_image == "example.com/triton:1"
+    assert config.workers == 16
+    assert config.namespaces == ["a", "b"]
+    assert config.job_node_selector == {"pool": "cpu"}
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"FLOTILLA_WORKERS": "0"}, "FLOTILLA_WORKERS"),
+        ({"FLOTILLA_NAMESPACES": "ok,Not_Valid"}, "Not_Valid"),
+        ({"FLOTILLA_ARTIFACT_PVC": "UPPER"}, "FLOTILLA_ARTIFACT_PVC"),
+        ({"FLOTILLA_METRICS_PORT": "99999"}, "FLOTILLA_METRICS_PORT"),
+        ({"FLOTILLA_CONFIG": "/nonexistent/flotilla.yaml"}, "cannot read"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(env)
+
+
+def test_unknown_file_setting_is_rejected(tmp_path: Path) -> None:
+    file = tmp_path / "config.yaml"
+    file.write_text("tritn_image: typo\n")
+    with pytest.raises(ConfigError, match="TRITN_IMAGE"):
+        load_config({"FLOTILLA_CONFIG": str(file)})

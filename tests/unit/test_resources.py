@@ -1,0 +1,91 @@
+"""Builders of the Job, the serving Deployment and Services."""
+
+from __future__ import annotations
+
+from flotilla.config import OperatorConfig
+from flotilla.resources import optimizer, serving
+from flotilla.resources.meta import content_hash, stamped
+
+from .objects import key_of, model
+
+CONFIG = OperatorConfig()
+
+
+def container(obj: dict) -> dict:  # type: ignore[type-arg]
+    return obj["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_job_runs_the_optimizer_with_the_spec_arguments() -> None:
+    m = model(
+        source={"uri": "hf://org/m", "revision": "abc123", "task": "feature-extraction"},
+        optimize={"precision": "int8", "accuracyBudget": {"minCosineSimilarity": 0.995}},
+    )
+    key = key_of(m)
+    job = optimizer.build_job(m, key, CONFIG)
+    c = container(job)
+    args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
+    assert c["command"] == ["python", "-m", "flotilla", "optimize"]
+    assert args["--source"] == "hf://org/m" and args["--revision"] == "abc123"
+    assert args["--task"] == "feature-extraction" and args["--precision"] == "int8"
+    assert args["--out"] == f"/artifacts/{key}"
+    assert args["--min-cosine-similarity"] == "0.995"
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+
+
+def test_credentials_secret_reaches_the_job() -> None:
+    m = model(source={"uri": "hf://org/m", "credentialsSecretRef": {"name": "hf-token"}})
+    assert container(optimizer.build_job(m, "k" * 20, CONFIG))["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+
+
+def test_tensorrt_job_lands_on_the_gpu_product() -> None:
+    m = model(optimize={"target": "tensorrt"}, serving={"gpu": {"count": 1, "product": "NVIDIA-L4"}})
+    pod = optimizer.build_job(m, "k" * 20, CONFIG)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchExpressions"][0]["values"] == ["NVIDIA-L4"]
+
+
+def test_cpu_serving_requests_no_gpu_and_has_no_toleration() -> None:
+    dep = serving.build_deployment(model(), "rev0000000", "k" * 20, "chat", CONFIG)
+    pod = dep["spec"]["template"]["spec"]
+    assert "tolerations" not in pod and "affinity" not in pod
+    assert "limits" not in container(dep)["resources"]
+
+
+def test_gpu_serving_requests_gpus_on_the_named_product() -> None:
+    m = model(
+        serving={"gpu": {"count": 2, "product": "NVIDIA-L4"}, "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}
+    )
+    dep = serving.build_deployment(m, "rev0000000", "k" * 20, "chat", CONFIG)
+    c = container(dep)
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"nvidia.com/gpu": 2}}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_mig_profile_requests_mig_slices() -> None:
+    m = model(serving={"gpu": {"count": 1, "migProfile": "1g.10gb"}})
+    c = container(serving.build_deployment(m, "rev0000000", "k" * 20, "chat", CONFIG))
+    assert c["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": 1}
+
+
+def test_triton_binds_to_the_pod_ip_and_mounts_the_artifact() -> None:
+    c = container(serving.build_deployment(model(), "rev0000000", "k" * 20, "chatdir", CONFIG))
+    assert "--http-address=$(POD_IP)" in c["args"]
+    assert "--load-model=chat" in c["args"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/models/chat/1"]["subPath"] == f"{'k' * 20}/chatdir/1"
+    assert mounts["/models/chat/1"]["readOnly"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_stamped_hash_ignores_itself_and_tracks_content() -> None:
+    obj = serving.build_service(model())
+    once = stamped(obj)
+    assert stamped(once) == once
+    changed = stamped({**obj, "spec": {**obj["spec"], "type": "NodePort"}})
+    assert content_hash(once) != content_hash(changed)
