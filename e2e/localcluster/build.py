@@ -1,0 +1,295 @@
+"""Build the control plane's binaries from Go modules, cached by version.
+
+Kubernetes and etcd carry `replace` directives in their go.mod, so `go install pkg@ver`
+refuses them; each is built through a throwaway wrapper module that requires the release
+and restates the replacements with published versions. KWOK and helm `go install` cleanly.
+
+Every group builds into a temporary directory next to its cache entry and is renamed into
+place only when complete, so a failed or interrupted build never leaves a half-written
+binary where the next run would trust it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .versions import Versions, bin_dir, cache_root, load_versions
+
+RETRY_HINT = "retry with: make cluster-binaries"
+
+
+class BuildError(RuntimeError):
+    """A one-line cause, fit to print as the last line of a failed `make`."""
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+    build: Callable[[Path, Path], None]  # (workdir, outdir) -> None
+
+    @property
+    def dir(self) -> Path:
+        return bin_dir(self.name, self.version)
+
+    def complete(self) -> bool:
+        return all((self.dir / b).is_file() for b in self.binaries)
+
+
+def go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GOTOOLCHAIN="local",  # never fetch another toolchain behind the user's back
+        GOFLAGS="-mod=mod",
+        GOWORK="off",
+        CGO_ENABLED="0",  # the control plane binaries are static upstream too
+    )
+    return env
+
+
+def log(message: str) -> None:
+    print(f"[cluster-binaries] {message}", flush=True)
+
+
+def classify_failure(step: str, output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else "(no output)"
+    network = ("dial tcp", "no such host", "proxy.golang.org", "connection refused", "timeout")
+    if any(marker in output for marker in network) or "unknown revision" in output:
+        return f"module download failed during {step}: {last}; {RETRY_HINT}"
+    return f"{step} failed: {last}; {RETRY_HINT}"
+
+
+def run_go(args: Sequence[str], cwd: Path, step: str, log_file: Path, env: dict[str, str] | None = None) -> str:
+    """Run one go command, printing a heartbeat so a long build never looks hung."""
+    started = time.monotonic()
+    compiled = 0
+    output: list[str] = []
+    proc = subprocess.Popen(
+        ["go", *args],
+        cwd=cwd,
+        env={**go_env(), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(20):
+            elapsed = int(time.monotonic() - started)
+            log(f"  {step}: {compiled} packages compiled, {elapsed // 60}m{elapsed % 60:02d}s")
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    assert proc.stdout is not None
+    with log_file.open("a") as sink:
+        for line in proc.stdout:
+            sink.write(line)
+            output.append(line)
+            # `go build -v` prints one import path per package it compiles.
+            if re.fullmatch(r"[\w.\-/]+", line.strip()):
+                compiled += 1
+    code = proc.wait()
+    done.set()
+    if code != 0:
+        raise BuildError(classify_failure(step, "".join(output[-40:])))
+    return "".join(output)
+
+
+def module_gomod(module: str, version: str, work: Path, log_file: Path) -> Path:
+    out = run_go(["mod", "download", "-json", f"{module}@{version}"], work, "go mod download", log_file)
+    info = json.loads(out[out.index("{") :])
+    if "Error" in info:
+        raise BuildError(f"module download failed: {info['Error']}; {RETRY_HINT}")
+    return Path(info["GoMod"])
+
+
+def wrapper_gomod(upstream_gomod: str, module: str, version: str, staging_version: str) -> str:
+    """A go.mod that requires `module@version` and pins each local replace to a release.
+
+    The staging list comes from the release's own go.mod (`require k8s.io/x v0.0.0`), so a
+    version bump that adds a staging module needs no change here. `go` and `godebug` lines
+    are copied because Go ignores them in dependencies.
+    """
+    lines = [f"module flotilla.local/{module.replace('/', '-')}-wrapper", ""]
+    lines += [ln for ln in upstream_gomod.splitlines() if re.match(r"^(go|godebug) ", ln)]
+    lines += ["", f"require {module} {version}", ""]
+    staged = staging_modules(upstream_gomod) if staging_version else []
+    if staged:
+        lines.append("replace (")
+        lines += [f"\t{m} => {m} {staging_version}" for m in staged]
+        lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def staging_modules(upstream_gomod: str) -> list[str]:
+    """Modules the release resolves from its own tree, which a dependent cannot see.
+
+    Two signals, either suffices: a replace onto a local path (`k8s.io/api =>
+    ./staging/src/k8s.io/api`) and a placeholder requirement at exactly `v0.0.0` (a
+    pseudo-version such as `v0.0.0-2025...` is a real published commit and must stay).
+    """
+    local = re.findall(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+\.{1,2}/", upstream_gomod, re.M)
+    placeholder = re.findall(r"^\s*(?:require\s+)?(\S+)\s+v0\.0\.0(?:\s|$)", upstream_gomod, re.M)
+    return sorted(set(local) | set(placeholder))
+
+
+def go_binary_name(package: str) -> str:
+    """The file name `go build -o dir/` gives a main package (a /vN suffix is skipped)."""
+    parts = package.split("/")
+    return parts[-2] if re.fullmatch(r"v\d+", parts[-1]) else parts[-1]
+
+
+def k8s_ldflags(version: str) -> str:
+    minor = version.lstrip("v").split(".")[1]
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor=1",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.gitCommit=0000000000000000000000000000000000000000",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return " ".join(flags)
+
+
+def build_wrapped(
+    module: str,
+    version: str,
+    packages: dict[str, str],
+    staging_version: str,
+    ldflags: str,
+    tags: str,
+) -> Callable[[Path, Path], None]:
+    def build(work: Path, out: Path) -> None:
+        log_file = work / "build.log"
+        upstream = module_gomod(module, version, work, log_file).read_text()
+        (work / "go.mod").write_text(wrapper_gomod(upstream, module, version, staging_version))
+        log(f"  resolving modules for {module}@{version}")
+        run_go(["get", *(f"{p}@{version}" for p in packages.values())], work, "go get", log_file)
+        log(f"  compiling {', '.join(packages)}")
+        built = work / "out"
+        built.mkdir()
+        args = ["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", f"{built}/"]
+        if tags:
+            args += ["-tags", tags]
+        run_go([*args, *packages.values()], work, "go build", log_file)
+        for name, pkg in packages.items():
+            shutil.move(built / go_binary_name(pkg), out / name)
+
+    return build
+
+
+def build_installed(packages: dict[str, str], version: str, ldflags: str = "-s -w") -> Callable[[Path, Path], None]:
+    def build(work: Path, out: Path) -> None:
+        (work / "gobin").mkdir()
+        args = ["install", "-v", "-trimpath", "-ldflags", ldflags, *(f"{p}@{version}" for p in packages.values())]
+        run_go(args, work, "go install", work / "build.log", env={"GOBIN": str(work / "gobin")})
+        for name, pkg in packages.items():
+            shutil.move(work / "gobin" / go_binary_name(pkg), out / name)
+
+    return build
+
+
+def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
+    kube = {c: f"k8s.io/kubernetes/cmd/{c}" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")}
+    if with_kubectl:
+        kube["kubectl"] = "k8s.io/kubernetes/cmd/kubectl"
+    staging = "v0." + versions.kubernetes.lstrip("v").split(".", 1)[1]
+    etcd = {"etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3"}
+    kwok = {"kwok": "sigs.k8s.io/kwok/cmd/kwok", "kwokctl": "sigs.k8s.io/kwok/cmd/kwokctl"}
+    helm_ld = f"-s -w -X helm.sh/helm/v3/internal/version.version={versions.helm}"
+    return [
+        Group(
+            "kubernetes",
+            versions.kubernetes,
+            tuple(kube),
+            build_wrapped(
+                "k8s.io/kubernetes",
+                versions.kubernetes,
+                kube,
+                staging,
+                k8s_ldflags(versions.kubernetes),
+                "notest,grpcnotrace",
+            ),
+        ),
+        Group(
+            "etcd",
+            versions.etcd,
+            tuple(etcd),
+            build_wrapped("go.etcd.io/etcd/server/v3", versions.etcd, etcd, "", "-s -w", ""),
+        ),
+        Group("kwok", versions.kwok, tuple(kwok), build_installed(kwok, versions.kwok)),
+        Group(
+            "helm",
+            versions.helm,
+            ("helm",),
+            build_installed({"helm": "helm.sh/helm/v3/cmd/helm"}, versions.helm, helm_ld),
+        ),
+    ]
+
+
+def build_group(group: Group) -> None:
+    started = time.monotonic()
+    log(f"building {group.name} {group.version} ({', '.join(group.binaries)})")
+    group.dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".build-{group.name}-", dir=group.dir.parent))
+    try:
+        staged = work / "bin"
+        staged.mkdir()
+        group.build(work, staged)
+        if group.dir.exists():  # an incomplete entry from an older layout: replace it whole
+            shutil.rmtree(group.dir)
+        staged.rename(group.dir)  # atomic: the cache entry appears complete or not at all
+    except BuildError:
+        kept = cache_root() / "logs" / f"build-{group.name}.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        if (work / "build.log").exists():
+            shutil.copy(work / "build.log", kept)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"built {group.name} {group.version} in {time.monotonic() - started:.0f}s -> {group.dir}")
+
+
+def ensure_binaries(
+    versions: Versions | None = None, *, kubectl_found: bool = True, only: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Build whatever is missing; return binary name -> path."""
+    if shutil.which("go") is None:
+        raise BuildError("Go is not installed (no `go` on PATH): install Go 1.26 and " + RETRY_HINT)
+    chosen = [g for g in groups(versions or load_versions(), not kubectl_found) if not only or g.name in only]
+    for group in chosen:
+        if group.complete():
+            log(f"cached: {group.name} {group.version}")
+        else:
+            build_group(group)
+    return {b: g.dir / b for g in chosen for b in g.binaries}
+
+
+def main(argv: Sequence[str]) -> int:
+    from .kubectl import find_kubectl
+
+    versions = load_versions()
+    try:
+        found = find_kubectl(versions) is not None
+        ensure_binaries(versions, kubectl_found=found, only=argv)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

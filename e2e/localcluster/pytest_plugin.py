@@ -1,0 +1,61 @@
+"""pytest fixtures for the local cluster.
+
+Registered with `pytest_plugins = ["localcluster.pytest_plugin"]` in tests/conftest.py and
+e2e/tests/conftest.py. `cluster` (session) reuses a running cluster or brings one up once
+and leaves it running afterwards (`make test` and `make cluster-down` stop it);
+`namespace` gives each test its own namespace and deletes it afterwards.
+
+A test that uses either fixture is marked `cluster` automatically, so `-m "not cluster"`
+skips it even when the explicit marker was forgotten. A cluster that cannot come up fails
+the test with the one-line cause instead of skipping it: a suite that silently skips its
+integration tier proves nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from .cluster import Cluster, ClusterError, ensure_up, wait_for
+
+NAMESPACE_READY_TIMEOUT_S = 60.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"cluster", "namespace"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    try:
+        return ensure_up()
+    except ClusterError as err:
+        pytest.fail(f"the local cluster is unavailable: {err}", pytrace=False)
+
+
+def namespace_name(test_name: str) -> str:
+    """A unique DNS label that still says which test made it (for `kubectl get ns`)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-") or "test"
+    return f"t-{slug}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = namespace_name(request.node.name)
+    cluster.kubectl("create", "namespace", name)
+    # Pods are rejected until kube-controller-manager has created the namespace's default
+    # ServiceAccount; waiting here keeps that race out of every test.
+    wait_for(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        timeout=NAMESPACE_READY_TIMEOUT_S,
+        what=f"ServiceAccount default in {name}",
+    )
+    yield name
+    # Do not wait: the namespace controller finishes in the background, and a pod bound to a
+    # node nobody runs (no KWOK, no process node) would hold the namespace in Terminating.
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
