@@ -5,7 +5,6 @@ changes, or a periodic resync. Glue between kopf (handlers.py), the pure planner
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -64,10 +63,17 @@ class Controller:
         if (event := self._wakeups.get((namespace, name))) is not None:
             event.set()
 
-    async def wait(self, namespace: str, name: str, timeout: float) -> None:
+    async def wait(self, namespace: str, name: str, timeout: float, stopped: Any = None) -> None:
+        """Until kicked, `stopped` (kopf's daemon flag) is set, or `timeout` passes."""
         event = self._wakeups.setdefault((namespace, name), asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        waiters = [asyncio.ensure_future(event.wait())]
+        if stopped is not None:
+            waiters.append(asyncio.ensure_future(stopped.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
         event.clear()
 
     def forget(self, namespace: str, name: str) -> None:
@@ -92,14 +98,13 @@ class Controller:
             started = time.perf_counter()
             try:
                 result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
-                requests = await execute(self.kube, model, result, observed, dict(body))
+                await execute(self.kube, model, result, observed, dict(body))
             except Exception:
                 telemetry.RECONCILES.labels(result="error").inc()
                 raise
             finally:
                 telemetry.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             telemetry.RECONCILES.labels(result="ok").inc()
-            telemetry.API_REQUESTS.inc(requests)
             self._written[key] = result.status
             self._record(key, result)
             return result
@@ -122,7 +127,9 @@ class Controller:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         failures = 0
         while not stopped:
-            await self.wait(namespace, name, self.config.resync_seconds if failures == 0 else min(2**failures, 60))
+            await self.wait(
+                namespace, name, self.config.resync_seconds if failures == 0 else min(2**failures, 60), stopped
+            )
             if stopped:
                 break
             await asyncio.sleep(0.05)  # let a burst of child events land in the indexes first

@@ -31,15 +31,18 @@ DROP_KEYS = {"title", "$defs"}
 
 
 class _Schema(GenerateJsonSchema):
-    """Emit defaults from default factories: `{}` for nested objects, so the API server
-    defaults the whole tree, and the literal value for lists."""
+    """Emit defaults from default factories too, so the API server defaults the whole tree.
+
+    A nested object's default is spelled out in full rather than `{}`: the API server checks
+    default values against the CEL rules as written, before nested defaults apply.
+    """
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
         if factory is None:
             return super().get_default_value(schema)
         value = factory()  # type: ignore[call-arg]
-        return {} if isinstance(value, BaseModel) else value
+        return value.to_wire() if isinstance(value, ApiModel) else value
 
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
         out = super().default_schema(schema)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,7 +33,10 @@ def main(argv: Sequence[str]) -> int:
     )
     # kopf logs each handler at INFO; keep the operator's log about the models.
     logging.getLogger("kopf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # lightkube's client logs every request
     telemetry.serve(config.metrics_port)
+    if os.environ.get("FLOTILLA_TRACE_HTTP") == "1":
+        telemetry.trace_http()
     import flotilla.handlers  # noqa: F401  (registers the handlers with kopf)
 
     kopf.run(

@@ -18,7 +18,9 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
-API_REQUESTS = Counter("flotilla_api_requests_total", "Writes the operator sent to the API server.", registry=REGISTRY)
+API_REQUESTS = Counter(
+    "flotilla_api_requests_total", "Writes the operator sent to the API server.", ["verb", "kind"], registry=REGISTRY
+)
 JOBS = Counter("flotilla_optimization_jobs_total", "Optimization Jobs by outcome.", ["event"], registry=REGISTRY)
 
 
@@ -43,3 +45,36 @@ REGISTRY.register(CONDITIONS)
 def serve(port: int) -> None:
     if port:
         start_http_server(port, registry=REGISTRY)
+
+
+HTTP_REQUESTS = Counter(
+    "flotilla_http_requests_total",
+    "Requests to the API server by client library and method (only with FLOTILLA_TRACE_HTTP=1).",
+    ["client", "method"],
+    registry=REGISTRY,
+)
+
+
+def trace_http() -> None:
+    """Count every API request the process makes, kopf's (aiohttp) and ours (httpx).
+
+    Off by default: it wraps the libraries' request methods, which is diagnostics, not
+    something to run blind across library upgrades. bench/reconcile.py turns it on to
+    report API requests per object.
+    """
+    import aiohttp
+    import httpx2  # lightkube's HTTP client
+
+    original_request = aiohttp.ClientSession._request
+    original_send = httpx2.AsyncClient.send
+
+    async def counted_request(self: aiohttp.ClientSession, method: str, *args: object, **kwargs: object) -> object:
+        HTTP_REQUESTS.labels(client="kopf", method=method.upper()).inc()
+        return await original_request(self, method, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def counted_send(self: httpx2.AsyncClient, request: httpx2.Request, **kwargs: object) -> httpx2.Response:
+        HTTP_REQUESTS.labels(client="lightkube", method=request.method).inc()
+        return await original_send(self, request, **kwargs)  # type: ignore[arg-type]
+
+    aiohttp.ClientSession._request = counted_request  # type: ignore[assignment,method-assign]
+    httpx2.AsyncClient.send = counted_send  # type: ignore[method-assign]

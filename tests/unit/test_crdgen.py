@@ -55,8 +55,9 @@ def test_cel_rules_present() -> None:
 
 def test_nested_defaults_cascade() -> None:
     spec = schema()["properties"]["spec"]["properties"]
-    assert spec["optimize"]["default"] == {}
-    assert spec["optimize"]["properties"]["accuracyBudget"]["default"] == {}
+    assert spec["optimize"]["default"]["accuracyBudget"]["maxTop1Disagreement"] == 0.03
+    assert spec["optimize"]["properties"]["accuracyBudget"]["default"]["minCosineSimilarity"] == 0.99
+    assert spec["rollout"]["default"]["canary"]["steps"] == [10, 50, 100]
     assert spec["rollout"]["properties"]["canary"]["properties"]["steps"]["default"] == [10, 50, 100]
     assert "default" not in spec["source"]["properties"]["revision"]
 

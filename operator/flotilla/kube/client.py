@@ -23,6 +23,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event
 from lightkube.types import CascadeType, PatchType
 
+from flotilla import telemetry
 from flotilla.api.v1alpha1 import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ class Kube:
         self._client = client
         self.requests = 0
 
+    def _count(self, verb: str, kind: str) -> None:
+        self.requests += 1
+        telemetry.API_REQUESTS.labels(verb=verb, kind=kind).inc()
+
     @property
     def client(self) -> AsyncClient:
         if self._client is None:  # created lazily, inside the operator's event loop
@@ -53,12 +58,12 @@ class Kube:
         return self._client
 
     async def apply(self, obj: Mapping[str, Any]) -> None:
-        self.requests += 1
+        self._count("apply", str(obj["kind"]))
         resource = codecs.from_dict(dict(obj))
         await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
-        self.requests += 1
+        self._count("delete", kind)
         resource = _namespaced(api_version, kind)
         try:
             await self.client.delete(resource, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
@@ -67,7 +72,7 @@ class Kube:
                 raise
 
     async def scale(self, deployment: str, namespace: str, replicas: int) -> None:
-        self.requests += 1
+        self._count("scale", "Deployment")
         patch = {"spec": {"replicas": replicas}}
         await self.client.patch(
             Deployment.Scale,
@@ -90,7 +95,7 @@ class Kube:
 
     async def apply_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
         """Server-side apply of the whole status: fields we stop setting are removed."""
-        self.requests += 1
+        self._count("apply", "SmallModel/status")
         body = SmallModelResource.Status(
             apiVersion=f"{GROUP}/{VERSION}",
             kind=KIND,
@@ -101,7 +106,7 @@ class Kube:
 
     async def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the SmallModel, as `kubectl describe` shows them."""
-        self.requests += 1
+        self._count("create", "Event")
         now = datetime.now(UTC)
         meta = involved["metadata"]
         event = Event(

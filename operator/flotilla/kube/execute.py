@@ -17,9 +17,7 @@ def _changed(obj: dict[str, object], observed: Observed) -> bool:
     return wanted is None or observed.hash_of(str(obj["kind"]), str(meta["name"])) != wanted
 
 
-async def execute(kube: Kube, model: SmallModel, plan: Plan, observed: Observed, body: dict[str, object]) -> int:
-    """Returns the number of API requests made."""
-    before = kube.requests
+async def execute(kube: Kube, model: SmallModel, plan: Plan, observed: Observed, body: dict[str, object]) -> None:
     ns = model.metadata.namespace
     for obj in plan.apply:
         if _changed(obj, observed):
@@ -34,4 +32,3 @@ async def execute(kube: Kube, model: SmallModel, plan: Plan, observed: Observed,
         await kube.apply_status(model.metadata.name, ns, plan.status.to_wire())
     for event in plan.events:
         await kube.event(body, event.type, event.reason, event.message)
-    return kube.requests - before

@@ -1,0 +1,144 @@
+"""Fixtures for operator integration tests: the CRD installed on the real local control
+plane, and the operator running as a subprocess (`python -m flotilla run`) per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flotilla.testing import OperatorProcess
+from localcluster.cluster import Cluster, wait_for
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "smallmodels.flotilla.dev.yaml"
+# Optimizer Job pods select a node that does not exist, so they stay Pending and the test
+# plays the kubelet: it finishes them with the exit code and termination message it wants.
+NO_NODE = {"flotilla.dev/test-node": "none"}
+
+
+class Operator(OperatorProcess):
+    """The operator as a real process against the real API server, watching one namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path, **settings: str) -> None:
+        defaults = {"FLOTILLA_JOB_NODE_SELECTOR": json.dumps(NO_NODE), "FLOTILLA_RESYNC_SECONDS": "5"}
+        super().__init__(
+            cluster.kubeconfig, log_dir / f"operator-{namespace}.log", [namespace], {**defaults, **settings}
+        )
+        self.cluster = cluster
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/smallmodels.flotilla.dev", "--timeout=60s")
+    return cluster
+
+
+@pytest.fixture
+def operator(crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = Operator(crd, namespace, tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop()
+    if "Traceback" in op.log():
+        sys.stderr.write(f"--- operator log ({op.log_path}) ---\n{op.log()[-6000:]}\n")
+
+
+class Kubelet:
+    """Plays the kubelet for pods no node runs: sets their final container state."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+
+    def finish(self, pod: str, exit_code: int, message: str, container: str = "optimizer") -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "message": message,
+            "startedAt": now,
+            "finishedAt": now,
+        }
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [
+                {
+                    "name": container,
+                    "image": "optimizer",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+        patch = json.dumps({"status": status})
+        self.cluster.kubectl(
+            "patch", "pod", pod, "-n", self.namespace, "--subresource=status", "--type=merge", "-p", patch
+        )
+
+
+@pytest.fixture
+def kubelet(crd: Cluster, namespace: str) -> Kubelet:
+    return Kubelet(crd, namespace)
+
+
+@pytest.fixture
+def artifact_store(crd: Cluster, namespace: str) -> str:
+    """A PVC bound to a hostPath PV, so serving pods can be scheduled on simulated nodes
+    (the local cluster has no dynamic provisioner)."""
+    pv = f"artifacts-{namespace}"
+    manifests = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "50Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "hostPath": {"path": f"/tmp/flotilla-pv/{namespace}"},
+                "storageClassName": "",
+                "claimRef": {"namespace": namespace, "name": "flotilla-artifacts"},
+                "persistentVolumeReclaimPolicy": "Delete",
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "flotilla-artifacts", "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "50Gi"}},
+                "storageClassName": "",
+                "volumeName": pv,
+            },
+        },
+    ]
+    crd.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
+    wait_for(
+        lambda: crd.kubectl_json("get", "pvc", "flotilla-artifacts", "-n", namespace)["status"].get("phase") == "Bound",
+        timeout=60,
+        what="artifact PVC bound",
+    )
+    return pv
+
+
+def get(cluster: Cluster, kind: str, namespace: str, name: str | None = None, selector: str | None = None) -> Any:
+    args = ["get", kind, "-n", namespace]
+    if name:
+        args.append(name)
+    if selector:
+        args += ["-l", selector]
+    proc = cluster.kubectl(*args, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def on_ci() -> bool:
+    return bool(os.environ.get("CI"))
