@@ -27,6 +27,8 @@ from flotilla.api.v1alpha1 import status as api_status
 from flotilla.api.v1alpha1.base import ApiModel
 
 CRD_FILE = Path("crds") / f"{c.CRD_NAME}.yaml"
+# The Helm chart ships the same file (Helm installs a chart's crds/ before its templates).
+CHART_CRD_FILE = Path("charts") / "flotilla" / "crds" / f"{c.CRD_NAME}.yaml"
 DROP_KEYS = {"title", "$defs"}
 
 
@@ -198,21 +200,26 @@ def render() -> str:
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="flotilla crds", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the checked-in CRD is stale")
-    parser.add_argument("--out", type=Path, default=CRD_FILE, help=f"default: {CRD_FILE}")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a checked-in CRD is stale")
+    parser.add_argument("--out", type=Path, action="append", help=f"default: {CRD_FILE} and {CHART_CRD_FILE}")
     args = parser.parse_args(argv)
+    targets: list[Path] = args.out or [CRD_FILE, CHART_CRD_FILE]
     text = render()
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            diff = difflib.unified_diff(
-                current.splitlines(), text.splitlines(), str(args.out), "generated", lineterm=""
-            )
-            print("\n".join(list(diff)[:60]), file=sys.stderr)
-            print(f"{args.out} is stale: run `make crds` (python -m flotilla crds)", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+        stale = [path for path in targets if not _fresh(path, text)]
+        for path in stale:
+            print(f"{path} is stale: run `make crds` (python -m flotilla crds)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
+
+
+def _fresh(path: Path, text: str) -> bool:
+    current = path.read_text() if path.exists() else ""
+    if current != text:
+        diff = difflib.unified_diff(current.splitlines(), text.splitlines(), str(path), "generated", lineterm="")
+        print("\n".join(list(diff)[:60]), file=sys.stderr)
+    return current == text

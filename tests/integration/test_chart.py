@@ -1,0 +1,133 @@
+"""The Helm chart: lints, renders, installs, and its RBAC is enough to run the operator.
+
+The operator is run here as a local process authenticated as the chart's ServiceAccount
+(a token from the TokenRequest API), so a missing rule shows up as a real 403.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flotilla.api.v1alpha1 import artifact_key
+from flotilla.api.v1alpha1.spec import SmallModelSpec
+from localcluster.cluster import Cluster, wait_for
+from localcluster.versions import bin_dir, load_versions
+
+from .conftest import NO_NODE, Operator, get
+
+pytestmark = pytest.mark.cluster
+CHART = Path(__file__).resolve().parents[2] / "charts" / "flotilla"
+
+
+def helm_path() -> Path:
+    path = bin_dir("helm", load_versions().helm) / "helm"
+    if not path.is_file():
+        pytest.fail(f"helm is not built ({path}): run `make cluster-binaries`", pytrace=False)
+    return path
+
+
+def helm(cluster: Cluster, *args: str) -> str:
+    proc = subprocess.run(
+        [str(helm_path()), *args], env=cluster.env(), capture_output=True, text=True, timeout=180, check=False
+    )
+    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def test_chart_lints() -> None:
+    proc = subprocess.run(
+        [str(helm_path()), "lint", str(CHART), "--strict"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm(
+                crd,
+                "template",
+                "rel",
+                str(CHART),
+                "--kube-version",
+                crd.server_version,
+                "--set",
+                "config.namespaces={a,b}",
+            )
+        )
+        if d
+    ]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
+    assert config["namespaces"] == ["a", "b"]
+    from flotilla.config import load_config
+
+    path = Path("/tmp") / f"flotilla-chart-config-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert load_config({"FLOTILLA_CONFIG": str(path)}).namespaces == ["a", "b"]  # the operator accepts it
+
+
+@pytest.fixture
+def release(crd: Cluster, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    name, ns = f"r{uuid.uuid4().hex[:6]}", f"flotilla-system-{uuid.uuid4().hex[:6]}"
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"nodeSelector": NO_NODE}))  # no simulated node fakes the operator pod
+    helm(crd, "install", name, str(CHART), "-n", ns, "--create-namespace", "-f", str(values))
+    yield name, ns
+    helm(crd, "uninstall", name, "-n", ns)
+    crd.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, path: Path) -> Path:
+    token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+    config: dict[str, Any] = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "sa", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "sa"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_operator_runs_under_the_chart_rbac(
+    crd: Cluster, release: tuple[str, str], namespace: str, tmp_path: Path
+) -> None:
+    name, ns = release
+    deployment = crd.kubectl_json("get", "deployment", f"{name}-flotilla", "-n", ns)
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == f"{name}-flotilla"
+
+    kubeconfig = token_kubeconfig(crd, ns, f"{name}-flotilla", tmp_path / "sa-kubeconfig")
+    operator = Operator(crd, namespace, tmp_path)
+    operator.kubeconfig = kubeconfig
+    operator.start()
+    try:
+        spec = {"source": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}}
+        body = {"apiVersion": "flotilla.dev/v1alpha1", "kind": "SmallModel", "metadata": {"name": "rbac"}, "spec": spec}
+        crd.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+        parsed = SmallModelSpec.model_validate(spec)
+        job = f"rbac-opt-{artifact_key(parsed.source, parsed.optimize)[:8]}"
+        wait_for(lambda: get(crd, "job", namespace, job), timeout=90, what="the Job created under the chart's role")
+        wait_for(
+            lambda: get(crd, "pvc", namespace, "flotilla-artifacts"), timeout=30, what="the artifact claim created"
+        )
+
+        def status_written() -> bool:
+            status = crd.kubectl_json("get", "smallmodel", "rbac", "-n", namespace).get("status", {})
+            return bool(status.get("conditions"))
+
+        wait_for(status_written, timeout=60, what="status written under the chart's role")
+        events = crd.kubectl_json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=rbac")
+        assert "OptimizationStarted" in [e["reason"] for e in events["items"]]
+    finally:
+        operator.stop()
+    log = operator.log()
+    assert "403" not in log and "Forbidden" not in log and "forbidden" not in log, log[-3000:]
