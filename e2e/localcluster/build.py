@@ -75,7 +75,7 @@ def classify_failure(step: str, output: str) -> str:
 def run_go(args: Sequence[str], cwd: Path, step: str, log_file: Path, env: dict[str, str] | None = None) -> str:
     """Run one go command, printing a heartbeat so a long build never looks hung."""
     started = time.monotonic()
-    compiled = 0
+    compiled = downloaded = 0
     output: list[str] = []
     proc = subprocess.Popen(
         ["go", *args],
@@ -90,7 +90,8 @@ def run_go(args: Sequence[str], cwd: Path, step: str, log_file: Path, env: dict[
     def heartbeat() -> None:
         while not done.wait(20):
             elapsed = int(time.monotonic() - started)
-            log(f"  {step}: {compiled} packages compiled, {elapsed // 60}m{elapsed % 60:02d}s")
+            fetched = f"{downloaded} modules downloaded, " if downloaded else ""
+            log(f"  {step}: {fetched}{compiled} packages compiled, {elapsed // 60}m{elapsed % 60:02d}s")
 
     beat = threading.Thread(target=heartbeat, daemon=True)
     beat.start()
@@ -99,9 +100,12 @@ def run_go(args: Sequence[str], cwd: Path, step: str, log_file: Path, env: dict[
         for line in proc.stdout:
             sink.write(line)
             output.append(line)
-            # `go build -v` prints one import path per package it compiles.
+            # `go build -v` prints one import path per package it compiles; module fetches
+            # print "go: downloading <module> <version>" (a cold `go get` is minutes of these).
             if re.fullmatch(r"[\w.\-/]+", line.strip()):
                 compiled += 1
+            elif line.startswith("go: downloading "):
+                downloaded += 1
     code = proc.wait()
     done.set()
     if code != 0:

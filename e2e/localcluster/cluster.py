@@ -35,6 +35,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 RETRY_UP = "retry with: make cluster-up"
 KWOKCTL_TIMEOUT_S = 180
 READY_TIMEOUT_S = 120.0
+PORT_RELEASE_S = 10.0
 
 T = TypeVar("T")
 
@@ -197,12 +198,23 @@ def _binaries(versions: Versions) -> dict[str, Path]:
 
 def check_ports(settings: Settings) -> None:
     for name, port in settings.ports.items():
-        if not port_free(port):
+        if not port_free(port) and not _released_soon(port):
             raise ClusterError(
                 f"port {port} ({name}) on {LOOPBACK} is in use by {port_owner(port)}: stop it, or pick another "
                 f"range with FLOTILLA_CLUSTER_PORT_BASE (now {settings.port_base}, uses {len(settings.ports)} ports); "
                 f"{RETRY_UP}"
             )
+
+
+def _released_soon(port: int) -> bool:
+    """A socket of a process that is just exiting holds the port for a moment; a listener
+    that `psutil` can name is a real conflict and fails at once."""
+    if port_owner(port) != "another process":
+        return False
+    try:
+        return wait_for(lambda: port_free(port), timeout=PORT_RELEASE_S, what=f"port {port} to be released")
+    except TimeoutError:
+        return False
 
 
 def _kwokctl_failure(output: list[str], settings: Settings) -> str:
@@ -365,7 +377,9 @@ def up(settings: Settings | None = None) -> Cluster:
         else:
             if current.state == "stale":
                 progress(f"clearing a stale cluster ({current.reason})")
-                _teardown(settings)
+            # Also when "absent": a deleted state dir can leave components running from it.
+            if (stopped := _teardown(settings)) and current.state == "absent":
+                progress(f"stopped {len(stopped)} leftover processes of {settings.cluster_dir}")
             settings.state_dir.mkdir(parents=True, exist_ok=True)
             check_ports(settings)
             _create(settings, versions, binaries)

@@ -70,13 +70,20 @@ def stop(pids: Iterable[int], grace_s: float = 10.0) -> list[int]:
     targets = sorted(set(pids))
     for pid in targets:
         _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in targets):
-        time.sleep(0.1)
+    _wait_gone(targets, grace_s)
     for pid in targets:
         if _alive(pid):
             _signal(pid, signal.SIGKILL)
+    # Wait for the kernel too: until a killed process is gone its sockets still hold the
+    # ports, and an `up` right after `down` would report them in use.
+    _wait_gone(targets, 10.0)
     return targets
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -85,9 +92,16 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Still holding resources. A Go program's main thread turns zombie while its other
+    threads are still exiting with the open sockets, so a zombie with threads counts."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
     except (psutil.Error, OSError):
+        return False
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/task").iterdir()) > 1
+    except OSError:
         return False
 
 

@@ -35,7 +35,9 @@ def cluster() -> Cluster:
     try:
         return ensure_up()
     except ClusterError as err:
-        pytest.fail(f"the local cluster is unavailable: {err}", pytrace=False)
+        cause = str(err)
+    # Outside the except block, so the report is the one-line cause, not a chained traceback.
+    pytest.fail(f"the local cluster is unavailable: {cause}", pytrace=False)
 
 
 def namespace_name(test_name: str) -> str:

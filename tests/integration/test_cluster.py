@@ -6,6 +6,8 @@ Every wait here is for a state the cluster must reach; none asserts how fast it 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 from typing import Any
 
@@ -197,6 +199,22 @@ def test_manual_label_leaves_completion_to_the_test(cluster: Cluster, namespace:
     assert done["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == '{"artifact": "ok"}'
 
 
+def test_unschedulable_job_pod_is_left_to_the_test(cluster: Cluster, namespace: str) -> None:
+    """The other opt-out: a nodeSelector no node matches keeps the pod away from KWOK."""
+    unplaced = job("nowhere")
+    unplaced["spec"]["template"]["spec"]["nodeSelector"] = {"flotilla.dev/test-no-node": "true"}
+    apply(cluster, namespace, unplaced)
+    (pod,) = wait_for(lambda: pods(cluster, namespace, "job=nowhere"), timeout=WAIT_S, what="the Job's pod")
+    assert pod["status"]["phase"] == "Pending"
+    assert "nodeName" not in pod["spec"]
+    failed = {"status": {"phase": "Failed", "reason": "SimulatedByTest", "message": "accuracy budget exceeded"}}
+    name = pod["metadata"]["name"]
+    cluster.kubectl(
+        "patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(failed)
+    )
+    cluster.kubectl("wait", "job/nowhere", "-n", namespace, "--for=condition=Failed", f"--timeout={WAIT_S:.0f}s")
+
+
 def test_owner_and_namespace_deletion_garbage_collect_children(cluster: Cluster) -> None:
     namespace = f"t-gc-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)
@@ -310,6 +328,22 @@ def test_kwok_leaves_nodes_without_its_annotation_alone(cluster: Cluster) -> Non
         assert not untouched.get("status", {}).get("conditions")
     finally:
         cluster.kubectl("delete", "node", f"local-{suffix}", f"kwok-{suffix}", "--wait=false", check=False)
+
+
+def test_up_recovers_from_crashed_components(cluster: Cluster) -> None:
+    """Stale pid files of a crashed run are handled, not fatal."""
+    marker = str(cluster.settings.cluster_dir)
+    pids = procs.read_pid_files(cluster.settings.cluster_dir / "pids")
+    crashed = [pids["kube-scheduler"], pids["kwok-controller"]]
+    for pid in crashed:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(procs.is_ours(p, marker) for p in crashed), timeout=WAIT_S, what="the kill")
+    assert lc.inspect(cluster.settings).state == "stale"
+
+    lc.up(cluster.settings)
+    status = lc.inspect(cluster.settings)
+    assert status.running
+    assert status.nodes_ready == status.nodes_total == len(node_manifests(load_pools()))
 
 
 def test_cluster_survives_down_then_up(cluster: Cluster) -> None:
