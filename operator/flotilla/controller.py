@@ -26,9 +26,12 @@ def render_config(model: SmallModel, summary: ArtifactSummary) -> str:
     from flotilla.triton.config import render_model_config
 
     serving = model.spec.serving
+    if summary.backend not in (None, "python"):
+        raise ValueError(
+            f"artifact {summary.key[:8]} needs the {summary.backend} backend, which this operator cannot serve"
+        )
     return render_model_config(
-        task=summary.task or model.spec.source.task,
-        backend=summary.backend or "python",
+        task=model.spec.source.task,
         max_batch_size=serving.max_batch_size,
         max_queue_delay_us=serving.max_queue_delay_microseconds,
         instance_count=serving.instance_count,
