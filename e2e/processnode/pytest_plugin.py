@@ -1,0 +1,29 @@
+"""pytest fixture for the process node.
+
+Register with `pytest_plugins = ["processnode.pytest_plugin"]` (beside
+"localcluster.pytest_plugin"). `process_node` (session) starts one agent for the session's
+cluster and stops it at the end, deleting its Node so that pods still bound to it are
+garbage-collected. FLOTILLA_PROCESS_NODE names the node (default local-0); pods select it
+with `process_node.node_selector`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .handle import ProcessNode, ProcessNodeError, start
+
+
+@pytest.fixture(scope="session")
+def process_node(cluster: Any) -> Iterator[ProcessNode]:
+    name = os.environ.get("FLOTILLA_PROCESS_NODE", "local-0")
+    try:
+        node = start(cluster, name=name)
+    except ProcessNodeError as err:
+        pytest.fail(f"the process node did not start: {err}", pytrace=False)
+    yield node
+    node.stop(delete_node=True)
