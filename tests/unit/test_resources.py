@@ -89,3 +89,17 @@ def test_stamped_hash_ignores_itself_and_tracks_content() -> None:
     assert stamped(once) == once
     changed = stamped({**obj, "spec": {**obj["spec"], "type": "NodePort"}})
     assert content_hash(once) != content_hash(changed)
+
+
+def test_pvc_source_is_mounted_where_the_optimizer_reads_it() -> None:
+    m = model(source={"uri": "pvc://models/smollm2/model.gguf"})
+    job = optimizer.build_job(m, key_of(m), CONFIG)
+    pod = job["spec"]["template"]["spec"]
+    mounts = {v["name"]: v for v in container(job)["volumeMounts"]}
+    assert mounts["source"] == {"name": "source", "mountPath": "/mnt/flotilla/pvc/models", "readOnly": True}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    assert claims == {"artifacts": "flotilla-artifacts", "source": "models"}
+    env = {e["name"]: e["value"] for e in container(job)["env"]}
+    assert env["FLOTILLA_PVC_ROOT"] == "/mnt/flotilla/pvc"

@@ -14,6 +14,8 @@ from flotilla.config import OperatorConfig
 from .meta import Obj, job_name, object_meta
 
 ARTIFACT_MOUNT = "/artifacts"
+# pvc://claim/path sources are read where the optimizer looks for them (optimize/source.py).
+SOURCE_PVC_ROOT = "/mnt/flotilla/pvc"
 CONTAINER = "optimizer"
 # Exit codes of the optimizer that no retry can fix (bad input, budget not met): the Job
 # fails at once instead of burning its backoff on the same answer.
@@ -53,11 +55,37 @@ def _gpu_placement(model: SmallModel) -> Obj:
     return placement
 
 
-def _env(model: SmallModel, config: OperatorConfig) -> list[Obj]:
-    env: list[Obj] = [{"name": "HF_HOME", "value": "/tmp/hf"}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+def source_claim(model: SmallModel) -> str | None:
+    uri = model.spec.source.uri
+    return uri.removeprefix("pvc://").split("/", 1)[0] if uri.startswith("pvc://") else None
+
+
+def _env(config: OperatorConfig) -> list[Obj]:
+    env: list[Obj] = [
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "FLOTILLA_PVC_ROOT", "value": SOURCE_PVC_ROOT},
+    ]
     if config.hf_offline:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     return env
+
+
+def _mounts(model: SmallModel) -> list[Obj]:
+    mounts: list[Obj] = [{"name": "artifacts", "mountPath": ARTIFACT_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+    if claim := source_claim(model):
+        mounts.append({"name": "source", "mountPath": f"{SOURCE_PVC_ROOT}/{claim}", "readOnly": True})
+    return mounts
+
+
+def _volumes(model: SmallModel, config: OperatorConfig) -> list[Obj]:
+    volumes: list[Obj] = [
+        {"name": "artifacts", "persistentVolumeClaim": {"claimName": config.artifact_pvc}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if claim := source_claim(model):
+        volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    return volumes
 
 
 def _container(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
@@ -67,15 +95,12 @@ def _container(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
         "image": config.optimizer_image,
         "command": ["python", "-m", "flotilla", "optimize"],
         "args": optimizer_args(model, key),
-        "env": _env(model, config),
+        "env": _env(config),
         "resources": {
             "requests": {"cpu": config.optimizer_cpu, "memory": config.optimizer_memory},
             "limits": {"memory": config.optimizer_memory, **gpu_limits},
         },
-        "volumeMounts": [
-            {"name": "artifacts", "mountPath": ARTIFACT_MOUNT},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": _mounts(model),
         # The optimizer writes its summary here; the operator reads it from the pod status.
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -101,10 +126,7 @@ def build_job(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [_container(model, key, config)],
-        "volumes": [
-            {"name": "artifacts", "persistentVolumeClaim": {"claimName": config.artifact_pvc}},
-            {"name": "tmp", "emptyDir": {}},
-        ],
+        "volumes": _volumes(model, config),
         **_gpu_placement(model),
     }
     if config.job_node_selector:
