@@ -63,11 +63,39 @@ def log(message: str) -> None:
     print(f"[cluster-binaries] {message}", flush=True)
 
 
+NETWORK_MARKERS = (
+    "dial tcp",
+    "no such host",
+    "connection refused",
+    "timeout",
+    "TLS handshake",
+    "proxy.golang.org",
+    "GOPROXY",
+    "unknown revision",
+    "403 Forbidden",
+    "404 Not Found",
+    "410 Gone",
+    "reading https://",
+    "verifying module",
+)
+
+
+def _telling_line(output: str) -> str:
+    """The line that says what went wrong: `go ... -json`'s "Error" field, else the last line
+    that reads like an error, else the last line."""
+    errors = re.findall(r'^\s*"Error":\s*"((?:[^"\\]|\\.)*)"', output, re.M)
+    if errors:
+        return str(json.loads(f'"{errors[-1]}"'))
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    pattern = re.compile(r"^go: |error|failed|cannot|forbidden|not found|undefined|no such", re.I)
+    telling = [ln for ln in lines if pattern.search(ln)]
+    return (telling or lines or ["(no output)"])[-1]
+
+
 def classify_failure(step: str, output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else "(no output)"
-    network = ("dial tcp", "no such host", "proxy.golang.org", "connection refused", "timeout")
-    if any(marker in output for marker in network) or "unknown revision" in output:
+    """One line: what failed, the telling line of its output, and how to retry."""
+    last = _telling_line(output)
+    if any(marker in output for marker in NETWORK_MARKERS):
         return f"module download failed during {step}: {last}; {RETRY_HINT}"
     return f"{step} failed: {last}; {RETRY_HINT}"
 

@@ -5,6 +5,10 @@ e2e/tests/conftest.py. `cluster` (session) reuses a running cluster or brings on
 and leaves it running afterwards (`make test` and `make cluster-down` stop it);
 `namespace` gives each test its own namespace and deletes it afterwards.
 
+Tests marked `cluster_restart` (they stop or re-create the cluster, losing its data) are
+moved after every other test of the session, so session fixtures that installed something
+(a CRD, say) never see it vanish mid-run.
+
 A test that uses either fixture is marked `cluster` automatically, so `-m "not cluster"`
 skips it even when the explicit marker was forgotten. A cluster that cannot come up fails
 the test with the one-line cause instead of skipping it: a suite that silently skips its
@@ -24,10 +28,23 @@ from .cluster import Cluster, ClusterError, ensure_up, wait_for
 NAMESPACE_READY_TIMEOUT_S = 60.0
 
 
+RESTART_MARKER = "cluster_restart"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{RESTART_MARKER}: stops or re-creates the local cluster (its data is lost); runs after every other test",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"cluster", "namespace"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
+    # A re-created cluster has lost whatever session fixtures put there (CRDs, operators'
+    # namespaces), so tests that restart it go last, in their original order.
+    items.sort(key=lambda item: item.get_closest_marker(RESTART_MARKER) is not None)
 
 
 @pytest.fixture(scope="session")

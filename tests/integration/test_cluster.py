@@ -330,6 +330,7 @@ def test_kwok_leaves_nodes_without_its_annotation_alone(cluster: Cluster) -> Non
         cluster.kubectl("delete", "node", f"local-{suffix}", f"kwok-{suffix}", "--wait=false", check=False)
 
 
+@pytest.mark.cluster_restart
 def test_up_recovers_from_crashed_components(cluster: Cluster) -> None:
     """Stale pid files of a crashed run are handled, not fatal."""
     marker = str(cluster.settings.cluster_dir)
@@ -346,8 +347,8 @@ def test_up_recovers_from_crashed_components(cluster: Cluster) -> None:
     assert status.nodes_ready == status.nodes_total == len(node_manifests(load_pools()))
 
 
+@pytest.mark.cluster_restart
 def test_cluster_survives_down_then_up(cluster: Cluster) -> None:
-    """Last in this file on purpose: every later test gets the re-created cluster."""
     stopped = lc.down(cluster.settings)
     assert len(stopped) >= 5  # etcd, apiserver, controller-manager, scheduler, kwok
     assert not any(psutil.pid_exists(pid) and procs.is_ours(pid, str(cluster.settings.cluster_dir)) for pid in stopped)

@@ -124,6 +124,16 @@ def test_classify_network_failure_is_one_line_with_retry() -> None:
     assert "\n" not in message
 
 
+def test_classify_reads_the_error_field_of_go_json_output() -> None:
+    # `go mod download -json` ends with "}"; the cause is in its "Error" field.
+    output = '{\n\t"Path": "go.etcd.io/etcd/server/v3",\n\t"Error": "x@v1: module lookup disabled by GOPROXY=off"\n}\n'
+    message = build.classify_failure("go mod download", output)
+    assert message == (
+        "module download failed during go mod download: x@v1: module lookup disabled by GOPROXY=off; "
+        + build.RETRY_HINT
+    )
+
+
 def test_classify_compile_failure_names_step_and_last_line() -> None:
     output = "k8s.io/apiserver/pkg/x\n# k8s.io/apiserver/pkg/x\n./x.go:3:1: syntax error: unexpected }\n"
     message = build.classify_failure("go build", output)
