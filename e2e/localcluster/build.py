@@ -227,15 +227,33 @@ def build_wrapped(
     return build
 
 
-def build_installed(packages: dict[str, str], version: str, ldflags: str = "-s -w") -> Callable[[Path, Path], None]:
+def build_installed(
+    packages: dict[str, str], version: str, ldflags: str | Callable[[Path], str] = "-s -w"
+) -> Callable[[Path, Path], None]:
+    """`go install pkg@version` for modules without replace lines. `ldflags` may be computed
+    from the work dir (after reading the release's go.mod), as helm's are."""
+
     def build(work: Path, out: Path) -> None:
         (work / "gobin").mkdir()
-        args = ["install", "-v", "-trimpath", "-ldflags", ldflags, *(f"{p}@{version}" for p in packages.values())]
+        flags = ldflags if isinstance(ldflags, str) else ldflags(work)
+        args = ["install", "-v", "-trimpath", "-ldflags", flags, *(f"{p}@{version}" for p in packages.values())]
         run_go(args, work, "go install", work / "build.log", env={"GOBIN": str(work / "gobin")})
         for name, pkg in packages.items():
             shutil.move(work / "gobin" / go_binary_name(pkg), out / name)
 
     return build
+
+
+def helm_ldflags(version: str, helm_gomod: str) -> str:
+    """What helm's Makefile sets: its version, and the Kubernetes version of the client-go it
+    compiles against as the default `.Capabilities.KubeVersion` (unset, `helm template`
+    claims v1.20 and charts with a `kubeVersion` constraint refuse to render)."""
+    match = re.search(r"^\s*k8s\.io/client-go v0\.(\d+)\.", helm_gomod, re.M)
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={version}"]
+    if match:
+        for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+            flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={match.group(1)}"]
+    return " ".join(flags)
 
 
 def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
@@ -245,7 +263,11 @@ def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
     staging = "v0." + versions.kubernetes.lstrip("v").split(".", 1)[1]
     etcd = {"etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3"}
     kwok = {"kwok": "sigs.k8s.io/kwok/cmd/kwok", "kwokctl": "sigs.k8s.io/kwok/cmd/kwokctl"}
-    helm_ld = f"-s -w -X helm.sh/helm/v3/internal/version.version={versions.helm}"
+
+    def helm_ld(work: Path) -> str:
+        gomod = module_gomod("helm.sh/helm/v3", versions.helm, work, work / "build.log").read_text()
+        return helm_ldflags(versions.helm, gomod)
+
     return [
         Group(
             "kubernetes",

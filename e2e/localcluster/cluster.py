@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -260,15 +261,17 @@ def _run_kwokctl(settings: Settings, kwokctl: Path, args: list[str], timeout_s: 
         log.write(f"$ {' '.join(argv)}\n")
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        for line in proc.stdout:
-            log.write(line)
-            output.append(line.rstrip())
-            if _log_level(line) in ("INFO", "WARN"):
-                progress(f"  kwokctl: {_log_message(line)}")
-            if time.monotonic() > deadline:
-                proc.kill()
-        code = proc.wait()
+        watchdog = threading.Timer(timeout_s, proc.kill)  # kwokctl silent and stuck: give up
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                output.append(line.rstrip())
+                if _log_level(line) in ("INFO", "WARN"):
+                    progress(f"  kwokctl: {_log_message(line)}")
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
     return code, output
 
 

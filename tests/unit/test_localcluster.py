@@ -99,6 +99,13 @@ def test_k8s_ldflags_set_the_real_version_for_kwokctl() -> None:
     assert "-X k8s.io/client-go/pkg/version.gitMajor=1" in flags
 
 
+def test_helm_ldflags_set_default_capabilities_from_its_client_go() -> None:
+    flags = build.helm_ldflags("v3.22.0", "module helm.sh/helm/v3\n\nrequire (\n\tk8s.io/client-go v0.37.0\n)\n")
+    assert "-X helm.sh/helm/v3/internal/version.version=v3.22.0" in flags
+    assert "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37" in flags
+    assert "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1" in flags
+
+
 def test_versions_file_pins_every_group() -> None:
     versions = load_versions()
     groups = build.groups(versions, with_kubectl=False)
