@@ -1,0 +1,167 @@
+"""`python -m flotilla optimize ...`: the optimization Job's entry point.
+
+Exit status 0: an artifact is at --out (built now or reused). Non-zero: nothing was
+published; the reason is in the termination message (ArtifactSummary with ok=false), and
+stdout's last line is the same JSON either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flotilla.api.v1alpha1 import AccuracyBudget, ArtifactSummary
+from flotilla.triton.config import TASKS
+
+from .errors import OptimizeError
+from .progress import log
+
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9_.\-]{0,61}[a-z0-9])?$")
+EXIT_CODES = {
+    "AccuracyBudgetExceeded": 3,
+    "SourceUnavailable": 4,
+    "UnsupportedModel": 5,
+    "InvalidArguments": 2,
+    "OutOfDisk": 6,
+    "OptimizerError": 1,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so bad arguments get a termination message too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise OptimizeError("InvalidArguments", message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="flotilla optimize", description="Optimize a model into a Triton model repository.")
+    p.add_argument(
+        "--source", required=True, help="hf://org/name[@rev], s3://..., pvc://claim/path, file:///path or a path"
+    )
+    p.add_argument("--revision", default=None, help="pin of the source (Hub commit, tag or branch)")
+    p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    p.add_argument("--precision", default="auto", choices=["auto", "int8", "int4", "fp16", "fp32"])
+    p.add_argument("--target", default="onnx", choices=["onnx", "tensorrt"])
+    p.add_argument("--name", required=True, help="model directory name inside the artifact")
+    p.add_argument("--out", required=True, type=Path, help="artifact directory (<store>/<key>)")
+    defaults = AccuracyBudget()
+    p.add_argument("--max-top1-disagreement", type=float, default=defaults.max_top1_disagreement)
+    p.add_argument("--max-perplexity-increase", type=float, default=defaults.max_perplexity_increase)
+    p.add_argument("--min-cosine-similarity", type=float, default=defaults.min_cosine_similarity)
+    p.add_argument("--eval-text", type=Path, default=None, help="evaluation sentences, one per line")
+    p.add_argument("--gpu", action="store_true", help="ship the GPU config variant (KIND_GPU, CUDA/TensorRT EP)")
+    p.add_argument("--termination-message-path", type=Path, default=None)
+    p.add_argument("--recipes", default=None, help="comma-separated recipe names to try (default: by precision)")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N held-out sentences")
+    p.add_argument("--speed-rounds", type=int, default=3, help="interleaved timing rounds (0: skip timing)")
+    p.add_argument("--work-dir", type=Path, default=None, help="scratch space (default: beside --out)")
+    return p
+
+
+def termination_path(explicit: Path | None) -> Path | None:
+    """--termination-message-path, else $TERMINATION_MESSAGE_PATH, else /dev/termination-log if writable."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("TERMINATION_MESSAGE_PATH")
+    if env:
+        return Path(env)
+    parent = DEFAULT_TERMINATION_LOG.parent
+    if parent.is_dir() and os.access(parent, os.W_OK):
+        return DEFAULT_TERMINATION_LOG
+    return None
+
+
+def emit(summary: ArtifactSummary, path: Path | None) -> None:
+    message = summary.to_termination_message()
+    print(message, flush=True)
+    if path is None:
+        return
+    try:
+        path.write_text(message)
+    except OSError as exc:
+        log(f"cannot write the termination message to {path}: {exc}")
+
+
+def _request(args: argparse.Namespace) -> object:
+    from .pipeline import Request
+
+    if args.task not in TASKS:
+        raise OptimizeError("InvalidArguments", f"unknown task {args.task!r}; expected one of {', '.join(TASKS)}")
+    if not NAME_PATTERN.match(args.name):
+        raise OptimizeError("InvalidArguments", f"--name {args.name!r} is not a valid model directory name")
+    try:
+        budget = AccuracyBudget(
+            max_top1_disagreement=args.max_top1_disagreement,
+            max_perplexity_increase=args.max_perplexity_increase,
+            min_cosine_similarity=args.min_cosine_similarity,
+        )
+    except ValueError as exc:
+        raise OptimizeError("InvalidArguments", f"invalid accuracy budget: {exc}") from exc
+    return Request(
+        source=args.source,
+        revision=args.revision,
+        task=args.task,
+        name=args.name,
+        out=args.out.resolve(),
+        precision=args.precision,
+        target=args.target,
+        budget=budget,
+        eval_text=args.eval_text,
+        gpu=args.gpu,
+        recipes=[r for r in args.recipes.split(",") if r] if args.recipes else None,
+        eval_limit=args.eval_limit,
+        speed_rounds=args.speed_rounds,
+        work_dir=args.work_dir,
+    )
+
+
+def _failure_key(args: argparse.Namespace | None) -> str:
+    """The artifact key when the arguments allow computing it, else ''."""
+    if args is None:
+        return ""
+    try:
+        request = _request(args)
+        return str(request.key())  # type: ignore[attr-defined]
+    except Exception:
+        return ""
+
+
+def main(argv: Sequence[str]) -> int:
+    args: argparse.Namespace | None = None
+    explicit_path: Path | None = None
+    try:
+        args = build_parser().parse_args(list(argv))
+        explicit_path = args.termination_message_path
+        from .pipeline import optimize
+
+        summary, _ = optimize(_request(args))  # type: ignore[arg-type]
+    except OptimizeError as exc:
+        log(f"FAILED ({exc.reason}): {exc.message}")
+        emit(
+            ArtifactSummary(ok=False, key=_failure_key(args), reason=exc.reason, message=exc.message),
+            termination_path(explicit_path),
+        )
+        return EXIT_CODES.get(exc.reason, 1)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a bug or an unforeseen library error: still a clear ending
+        log(f"FAILED (OptimizerError): {type(exc).__name__}: {exc}")
+        message = f"{type(exc).__name__}: {exc}"
+        emit(
+            ArtifactSummary(ok=False, key=_failure_key(args), reason="OptimizerError", message=message),
+            termination_path(explicit_path),
+        )
+        return 1
+    log(f"artifact {summary.key}: {summary.recipe} ({summary.precision}), {summary.size_bytes} bytes")
+    emit(summary, termination_path(explicit_path))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,358 @@
+"""One optimization run: source -> export -> recipes -> evaluation -> gate -> published artifact."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as importlib_metadata
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flotilla.api.v1alpha1 import (
+    OPTIMIZER_VERSION,
+    AccuracyBudget,
+    ArtifactSummary,
+    OptimizeSpec,
+    SourceSpec,
+    artifact_key,
+)
+from flotilla.api.v1alpha1.artifact import Accuracy, Speedup
+
+from . import evaluate, recipes, repository, tensorrt
+from .errors import OptimizeError
+from .evaluate import SpeedFigures
+from .export import Exported, export
+from .progress import log, step
+from .select import Candidate, attach_speedups, gate, pick, table
+from .source import canonical_uri, resolve, split_revision
+
+CALIBRATION_SENTENCES = 32
+LIBRARIES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy", "tritonclient")
+
+
+@dataclass
+class Request:
+    source: str
+    task: str
+    name: str
+    out: Path
+    precision: str = "auto"
+    target: str = "onnx"
+    revision: str | None = None
+    budget: AccuracyBudget = field(default_factory=AccuracyBudget)
+    eval_text: Path | None = None
+    gpu: bool = False  # ship the GPU config variant
+    recipes: list[str] | None = None  # restrict the candidates (tests, benchmarks)
+    eval_limit: int | None = None
+    speed_rounds: int = 3
+    work_dir: Path | None = None
+
+    def specs(self) -> tuple[SourceSpec, OptimizeSpec]:
+        uri, revision = split_revision(canonical_uri(self.source), self.revision)
+        try:
+            source = SourceSpec.model_validate({"uri": uri, "revision": revision, "task": self.task})
+            optimize = OptimizeSpec.model_validate(
+                {"target": self.target, "precision": self.precision, "accuracyBudget": self.budget.to_wire()}
+            )
+        except ValueError as exc:
+            raise OptimizeError("InvalidArguments", f"invalid arguments: {exc}") from exc
+        return source, optimize
+
+    def key(self) -> str:
+        return artifact_key(*self.specs())
+
+
+def load_texts(path: Path | None) -> list[str]:
+    """Sentences of the evaluation file (one per line, '#' comments), the shipped set by default."""
+    if path is None:
+        text = resources.files("flotilla.optimize").joinpath("data/eval.txt").read_text(encoding="utf-8")
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OptimizeError("InvalidArguments", f"cannot read --eval-text {path}: {exc}") from exc
+    lines = [line.strip() for line in text.splitlines()]
+    sentences = [line for line in lines if line and not line.startswith("#")]
+    if len(sentences) < 4:
+        raise OptimizeError("InvalidArguments", "the evaluation text needs at least 4 non-empty lines")
+    return sentences
+
+
+def split_texts(sentences: list[str], limit: int | None) -> tuple[list[str], list[str]]:
+    """(calibration, held-out evaluation): calibration never scores a candidate."""
+    n_cal = min(CALIBRATION_SENTENCES, len(sentences) // 4)
+    held_out = sentences[n_cal:]
+    return sentences[:n_cal], held_out[:limit] if limit else held_out
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "flotilla-optimizer": OPTIMIZER_VERSION}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = importlib_metadata.version(lib)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def summary_from_manifest(manifest: dict[str, Any]) -> ArtifactSummary:
+    return ArtifactSummary.model_validate(manifest["summary"])
+
+
+class _Run:
+    """State of one run; methods are the stages, in order."""
+
+    def __init__(self, request: Request, key: str, work: Path) -> None:
+        self.req = request
+        self.key = key
+        self.work = work
+        self.exported: Exported | None = None
+        self.paths: dict[str, Path] = {}
+        self.failed: dict[str, str] = {}
+
+    def export(self) -> Exported:
+        with step("resolve source"):
+            source = resolve(self.req.source, self.req.revision, self.work)
+        log(f"source {source.uri} -> {source.path}" + (f" (gguf {source.gguf_file})" if source.gguf_file else ""))
+        with step(f"export {self.req.task} to ONNX"), repository.disk_errors("export"):
+            self.exported = export(source, self.req.task, self.work / "export")
+        return self.exported
+
+    def calibration(self, texts: list[str]) -> list[dict[str, Any]]:
+        assert self.exported is not None
+        tokenizer = _tokenizer(self.exported.directory)
+        sess = evaluate.session(self.exported.onnx)
+        batches = []
+        for text in texts:
+            enc = tokenizer([text], return_tensors="np")
+            ids = enc["input_ids"].astype("int64")
+            if self.req.task == "text-generation":
+                batches.append(evaluate.decoder_feeds(sess, ids, enc["attention_mask"].astype("int64")))
+            else:
+                feeds = {k: v.astype("int64") for k, v in enc.items() if k in {i.name for i in sess.get_inputs()}}
+                batches.append(feeds)
+        return batches
+
+    def build(self, chosen: list[recipes.Recipe], calibration_texts: list[str]) -> None:
+        assert self.exported is not None
+        with step("prepare fp32 graph for quantization"), repository.disk_errors("prepare"):
+            prepared = recipes.prepare_for_quantization(self.exported.onnx, self.work / "prepared")
+        calibration = self.calibration(calibration_texts) if any(r.needs_calibration for r in chosen) else []
+        for recipe in [recipes.RECIPES_BY_NAME["fp32"], *[r for r in chosen if r.name != "fp32"]]:
+            dst = self.work / "recipes" / recipe.name / "model.onnx"
+            try:
+                with step(f"recipe {recipe.name}"), repository.disk_errors(f"recipe {recipe.name}"):
+                    self.paths[recipe.name] = recipes.apply(recipe, self.exported.onnx, prepared, dst, calibration)
+            except OptimizeError as exc:
+                if exc.reason == "OutOfDisk" or recipe.name == "fp32":
+                    raise
+                self.failed[recipe.name] = exc.message
+            except Exception as exc:  # one broken recipe must not sink the others
+                log(f"recipe {recipe.name} failed: {exc}")
+                self.failed[recipe.name] = f"{type(exc).__name__}: {exc}"[:300]
+        shutil.rmtree(prepared.parent, ignore_errors=True)
+
+    def evaluate(self, names: list[str], texts: list[str]) -> dict[str, evaluate.AccuracyFigures]:
+        assert self.exported is not None
+        task = self.req.task
+        if not names:
+            return {}
+        with step(f"evaluate {len(names)} candidate(s) on {len(texts)} held-out sentences"):
+            if task == "text-generation":
+                tokenizer = _tokenizer(self.exported.directory)
+                sequences = [list(tokenizer(t)["input_ids"]) for t in texts]
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+                ref = evaluate.session(self.paths["fp32"])
+                cands = {n: evaluate.session(self.paths[n]) for n in names}
+                return evaluate.compare_decoders(ref, cands, [s for s in sequences if len(s) > 1], int(pad))
+            engines = {n: _engine(self.exported, self.paths[n]) for n in ["fp32", *names]}
+            ref_engine = engines.pop("fp32")
+            if task == "feature-extraction":
+                return evaluate.compare_embedders(ref_engine, engines, texts)
+            return evaluate.compare_classifiers(ref_engine, engines, texts)
+
+    def speed(self, names: list[str]) -> dict[str, SpeedFigures]:
+        assert self.exported is not None
+        vocab = int(self.exported.metadata.get("vocab_size", 0)) or 1000
+        sessions = {n: evaluate.session(self.paths[n]) for n in ["fp32", *names]}
+        with step(f"measure speed ({self.req.speed_rounds} rounds, {len(sessions)} models)"):
+            return evaluate.measure_speed(
+                sessions, self.req.task, vocab, self.req.speed_rounds, lambda r: log(f"speed round {r} done")
+            )
+
+
+def _tokenizer(directory: Path) -> Any:
+    from flotilla.triton import python_model
+
+    return python_model.load_tokenizer(directory)
+
+
+def _engine(exported: Exported, onnx_path: Path) -> Any:
+    from flotilla.triton import python_model
+
+    session = evaluate.session(onnx_path)
+    return python_model.ENGINES[exported.task](session, _tokenizer(exported.directory), exported.metadata)
+
+
+def _candidate(name: str, size: int, accuracy: evaluate.AccuracyFigures, speed: SpeedFigures | None) -> Candidate:
+    recipe = recipes.RECIPES_BY_NAME[name]
+    return Candidate(recipe=name, precision=recipe.precision, size_bytes=size, accuracy=accuracy, speed=speed)
+
+
+def _candidate_record(c: Candidate) -> dict[str, Any]:
+    return {
+        "recipe": c.recipe,
+        "precision": c.precision,
+        "sizeBytes": c.size_bytes,
+        "sizeRatio": round(c.size_ratio, 4),
+        "accuracy": {k: v for k, v in asdict(c.accuracy).items() if v is not None},
+        "speed": asdict(c.speed) if c.speed else None,
+        "prefillSpeedupB1": c.prefill_speedup_b1,
+        "prefillSpeedupB8": c.prefill_speedup_b8,
+        "decodeSpeedup": c.decode_speedup,
+        "withinBudget": c.within_budget,
+        "violations": c.violations,
+    }
+
+
+def _summary(req: Request, key: str, chosen: Candidate, backend: str) -> ArtifactSummary:
+    a = chosen.accuracy
+    return ArtifactSummary(
+        ok=True,
+        key=key,
+        model_name=req.name,
+        backend=backend,
+        task=req.task,
+        precision=chosen.precision,
+        recipe=chosen.recipe,
+        size_bytes=chosen.size_bytes,
+        size_ratio=round(chosen.size_ratio, 4),
+        accuracy=Accuracy(
+            top1_agreement=a.top1_agreement,
+            kl_divergence=a.kl_divergence,
+            perplexity_ratio=a.perplexity_ratio,
+            cosine_similarity=a.cosine_similarity,
+        ),
+        speedup=Speedup(prefill=chosen.prefill_speedup, decode=chosen.decode_speedup),
+    )
+
+
+def _measure(run: _Run, req: Request, names: list[str], texts: list[str]) -> list[Candidate]:
+    accuracy = run.evaluate(names, texts)
+    speeds = run.speed(names) if names and req.speed_rounds > 0 else {}
+    ref_size = recipes.model_size(run.paths["fp32"])
+    reference = speeds.get("fp32")
+    out = []
+    for name in names:
+        c = _candidate(name, recipes.model_size(run.paths[name]), accuracy[name], speeds.get(name))
+        attach_speedups(c, reference, ref_size)
+        c.violations = gate(req.task, c.accuracy, req.budget)
+        out.append(c)
+        log(f"candidate {name}: {table([c]).splitlines()[1]}")
+    return out
+
+
+def _reference_candidate(run: _Run) -> Candidate:
+    ones = evaluate.AccuracyFigures(top1_agreement=1.0, kl_divergence=0.0, perplexity_ratio=1.0)
+    if run.req.task == "feature-extraction":
+        ones = evaluate.AccuracyFigures(cosine_similarity=1.0)
+    c = _candidate("fp32", recipes.model_size(run.paths["fp32"]), ones, None)
+    c.prefill_speedup_b1 = c.prefill_speedup_b8 = 1.0
+    c.decode_speedup = 1.0 if run.req.task == "text-generation" else None
+    return c
+
+
+def optimize(req: Request) -> tuple[ArtifactSummary, dict[str, Any]]:
+    """Run everything; return (summary, manifest). Raises OptimizeError on every failure."""
+    key = req.key()
+    existing = repository.complete_manifest(req.out, key)
+    if existing is not None:
+        log(f"artifact {key} already complete at {req.out}: reusing it")
+        return summary_from_manifest(existing), existing
+    if req.target == "tensorrt":
+        tensorrt.check_available()
+    sentences = load_texts(req.eval_text)
+    calibration_texts, texts = split_texts(sentences, req.eval_limit)
+    gpu_recipes = req.target == "tensorrt" or req.precision == "fp16"
+    chosen_recipes = recipes.candidates(req.precision, gpu_recipes, req.recipes)
+    if not chosen_recipes:
+        raise OptimizeError("InvalidArguments", f"no recipe for precision {req.precision} on target {req.target}")
+    base = req.work_dir or req.out.parent
+    with repository.disk_errors("work directory"):
+        base.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{req.out.name}.work-", dir=base))
+    try:
+        return _optimize(req, key, work, chosen_recipes, calibration_texts, texts)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _optimize(
+    req: Request, key: str, work: Path, chosen_recipes: list[recipes.Recipe], calibration: list[str], texts: list[str]
+) -> tuple[ArtifactSummary, dict[str, Any]]:
+    run = _Run(req, key, work)
+    exported = run.export()
+    exported.metadata["vocab_size"] = _vocab_size(exported.directory)
+    run.build(chosen_recipes, calibration)
+    names = [r.name for r in chosen_recipes if r.name in run.paths and r.name != "fp32"]
+    measured = _measure(run, req, names, texts)
+    if any(r.name == "fp32" for r in chosen_recipes):
+        measured.insert(0, _reference_candidate(run))
+    for name, error in run.failed.items():
+        failed = _candidate(name, 0, evaluate.AccuracyFigures(), None)
+        failed.violations = [f"failed: {error}"]
+        measured.append(failed)
+    best = pick(measured)
+    log("candidates:\n" + table(measured))
+    if best is None:
+        raise OptimizeError(
+            "AccuracyBudgetExceeded",
+            f"no {req.precision} candidate within the accuracy budget:\n" + table(measured),
+        )
+    log(f"picked {best.recipe} (score {best.score:.2f})")
+    backend = "python"
+    onnx_path = run.paths[best.recipe]
+    gpu_provider = "CUDAExecutionProvider"
+    if req.target == "tensorrt":
+        with step("build TensorRT engine"), repository.disk_errors("trtexec"):
+            onnx_path = tensorrt.build(onnx_path, req.task, best.precision, work / "tensorrt")
+        gpu_provider = "TensorrtExecutionProvider"
+    summary = _summary(req, key, best, backend)
+    exported.metadata["gpu_provider"] = gpu_provider
+    manifest = {
+        "key": key,
+        "optimizerVersion": OPTIMIZER_VERSION,
+        "source": req.specs()[0].to_wire(),
+        "optimize": req.specs()[1].to_wire(),
+        "modelName": req.name,
+        "task": req.task,
+        "backend": backend,
+        "target": req.target,
+        "precision": best.precision,
+        "recipe": best.recipe,
+        "referenceSizeBytes": recipes.model_size(run.paths["fp32"]),
+        "evaluation": {"heldOutSentences": len(texts), "calibrationSentences": len(calibration)},
+        "candidates": [_candidate_record(c) for c in measured],
+        "versions": library_versions(),
+        "summary": json.loads(summary.model_dump_json(by_alias=True, exclude_none=True)),
+    }
+    config_text = repository.render_default_config(req.task, req.gpu or req.target == "tensorrt")
+
+    def fill(version_dir: Path) -> None:
+        repository.write_model_dir(version_dir, onnx_path, exported.directory, exported.metadata, move=True)
+
+    with step(f"publish artifact {key} to {req.out}"):
+        written = repository.publish(req.out, req.name, config_text, fill, manifest)
+    return summary, written
+
+
+def _vocab_size(directory: Path) -> int:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(config.get("vocab_size", 0) or 0)
