@@ -7,7 +7,8 @@ is a real file. A process cannot see that tree as `/`, so the strings the kubele
 hand over unchanged (args, env values, workingDir) are rewritten: an absolute path that
 starts at the beginning of the value, or after whitespace, `=`, `:`, `,` or a quote, and
 that equals or lies below a mount path, gets the tree's root prepended. Every other path
-is the host's (the host filesystem plays the image). Pure, except `build_tree`.
+is the host's (the host filesystem plays the image). A directory above a mount path counts
+too: the container has it, holding the mount point. Pure, except `build_tree`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ class PathMap:
         return cls(root, tuple(sorted(kept, key=len, reverse=True)))
 
     def covers(self, path: str) -> bool:
+        """A mount path, a path below one, or a directory above one (the container has such a
+        directory to hold the mount point: `--model-repository=/models` for a mount at
+        `/models/m/1`)."""
         if path.startswith("//"):  # part of a URL (file:///x, http://host/x), never a container path
             return False
-        return any(path == p or path.startswith(p + "/") for p in self.prefixes)
+        plain = _normalise(path)
+        if plain == "/":
+            return False
+        return any(plain == p or plain.startswith(p + "/") or p.startswith(plain + "/") for p in self.prefixes)
 
     def host(self, container_path: str) -> Path:
         """Where a container path lives on the host (no check that it is covered)."""

@@ -138,12 +138,14 @@ class PodRunner:
         env = container_env(self.pod, container, self._sources())
         command, args = command_line(container, env)
         launch = self.ctx.images.resolve(container.get("image", ""), command, args)
-        argv = list(launch.argv)
+        paths = self.path_map(container)
+        # Rewrite the container's own words only, before anything the node adds (host paths
+        # such as a state directory under /tmp must not be rewritten again).
+        argv = [launch.argv[0], *paths.rewrite_all(launch.argv[1:])]
         extra: dict[str, str] = {}
         if launch.kind is Kind.TRITON:
             runtime = self.ctx.triton()
             argv, extra = runtime.argv(argv, self.ip or ""), runtime.env()
-        paths = self.path_map(container)
         term = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
         cwd = paths.host(container.get("workingDir") or "/")
         if prepare:
@@ -161,8 +163,7 @@ class PodRunner:
             "TERMINATION_MESSAGE_PATH": str(paths.host(term)),
         }
         rewritten = {k: paths.rewrite(v) for k, v in env.items()}
-        full_argv = [argv[0], *paths.rewrite_all(argv[1:])]
-        return Plan(full_argv, {**base, **rewritten, **extra}, cwd, paths.host(term), f"processnode://{argv[0]}")
+        return Plan(argv, {**base, **rewritten, **extra}, cwd, paths.host(term), f"processnode://{argv[0]}")
 
     def _sources(self) -> EnvSources:
         self.sources.pod_ip = self.ip or ""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import processnode
 from localcluster.cluster import Cluster, wait_for
 from processnode import ProcessNode
 
@@ -366,3 +367,104 @@ def test_node_stays_ready_and_renews_its_lease(cluster: Cluster, process_node: P
     node = cluster.kubectl_json("get", "node", process_node.name)
     assert (condition(node, "Ready") or {}).get("status") == "True"
     assert not [t for t in node["spec"].get("taints") or [] if t["key"].startswith("node.kubernetes.io/")]
+
+
+TRITON_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", (x + 1).astype(np.float32))]))
+        return responses
+"""
+TRITON_CONFIG = """
+name: "plus1"
+backend: "python"
+max_batch_size: 0
+input [{ name: "INPUT", data_type: TYPE_FP32, dims: [ -1 ] }]
+output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [ -1 ] }]
+instance_group [{ kind: KIND_CPU, count: 1 }]
+"""
+
+
+@pytest.mark.slow
+def test_triton_image_runs_the_wheels_tritonserver_on_the_pod_ip(
+    cluster: Cluster, namespace: str, process_node: ProcessNode
+) -> None:
+    model = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "plus1"},
+        "data": {"config.pbtxt": TRITON_CONFIG, "model.py": TRITON_MODEL},
+    }
+    container = {
+        "name": "triton",
+        "image": "nvcr.io/nvidia/tritonserver:25.10-py3",
+        "command": ["tritonserver"],
+        "args": [
+            "--model-repository=/models",
+            "--model-control-mode=explicit",
+            "--load-model=plus1",
+            "--http-address=$(POD_IP)",
+            "--http-port=8000",
+        ],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1},
+        "volumeMounts": [
+            {"name": "model", "mountPath": "/models/plus1/1/model.py", "subPath": "model.py"},
+            {"name": "model", "mountPath": "/models/plus1/config.pbtxt", "subPath": "config.pbtxt"},
+        ],
+    }
+    volumes = [{"name": "model", "configMap": {"name": "plus1"}}]
+    apply(cluster, namespace, model, pod("triton", pod_spec(process_node, container, volumes=volumes)))
+
+    ready = wait_ready(cluster, namespace, "triton")
+    ip = ready["status"]["podIP"]
+    body = json.dumps({"inputs": [{"name": "INPUT", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}).encode()
+    request = urllib.request.Request(f"http://{ip}:8000/v2/models/plus1/infer", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        outputs = json.loads(response.read())["outputs"]
+    assert outputs[0]["data"] == [2.0, 3.0, 4.0]
+    # gRPC and metrics listen on the pod's address too (a netns would have made 0.0.0.0 mean that).
+    with urllib.request.urlopen(f"http://{ip}:8002/metrics", timeout=10) as response:
+        assert b"nv_inference_request_success" in response.read()
+
+
+def test_a_restarted_agent_kills_what_a_crashed_one_left_and_runs_its_pods_again(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """SIGKILL leaves the agent no chance to stop its processes; the next start with the
+    same state directory must find and kill them, then run the pod again (restartCount 1)."""
+    state = tmp_path / "state"
+    first = processnode.start(cluster, name="local-crash", state_dir=state)
+    second: ProcessNode | None = None
+    try:
+        container = {"name": "main", "command": ["python", "-c", "import time; time.sleep(3600)"]}
+        apply(cluster, namespace, pod("survivor", pod_spec(first, container)))
+        running = wait_ready(cluster, namespace, "survivor")
+        orphan = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
+        first.process.kill()
+        first.process.wait()
+        assert Path(f"/proc/{orphan}").exists(), "the container process outlives a SIGKILLed agent"
+
+        second = processnode.start(cluster, name="local-crash", state_dir=state)
+        wait_for(lambda: not Path(f"/proc/{orphan}").exists(), timeout=TIMEOUT, what="the orphan to be killed")
+
+        def restarted() -> dict[str, Any] | None:
+            obj = wait_ready(cluster, namespace, "survivor")
+            status = obj["status"]["containerStatuses"][0]
+            return obj if status["restartCount"] == 1 and status["containerID"] != f"process://{orphan}" else None
+
+        again = wait_for(restarted, timeout=TIMEOUT, what="survivor running again")
+        assert again["status"]["podIP"] == running["status"]["podIP"]  # the address is taken back
+        cluster.kubectl("delete", "pod", "survivor", "-n", namespace, "--timeout=60s")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop(delete_node=True)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 import pytest
@@ -134,6 +134,8 @@ def path_map() -> paths.PathMap:
         ("open('/tmp/ready')", "open('/state/pods/u/root/c/tmp/ready')"),
         ("/dev/termination-log", "/state/pods/u/root/c/dev/termination-log"),
         ("/models2/x", "/models2/x"),  # a sibling, not below the mount
+        ("/dev", "/state/pods/u/root/c/dev"),  # above a mount: the container has that directory
+        ("/dev/null", "/dev/null"),  # but its other entries are the host's
         ("/usr/bin/python", "/usr/bin/python"),  # the host plays the image
         ("file:///models/x", "file:///models/x"),  # URLs are not container paths
         ("http://host/models", "http://host/models"),
@@ -142,6 +144,13 @@ def path_map() -> paths.PathMap:
 )
 def test_paths_below_mounts_are_rewritten_into_the_pod_tree(value: str, expected: str) -> None:
     assert path_map().rewrite(value) == expected
+
+
+def test_directories_holding_mount_points_are_in_the_tree() -> None:
+    mapping = paths.PathMap.of(Path("/r"), ["/models/m/1", "/models/m/config.pbtxt"])
+    assert mapping.rewrite("--model-repository=/models") == "--model-repository=/r/models"
+    assert mapping.rewrite("/models/m") == "/r/models/m"
+    assert mapping.rewrite("/models/other") == "/models/other"
 
 
 def test_root_mount_is_never_a_prefix() -> None:
@@ -666,3 +675,85 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
     except OSError:
         return "Z"
+
+
+# ---------------------------------------------------------------- watch errors: re-list and diff
+
+
+class FakeRunner:
+    """Stands in for PodRunner: records what the agent tells it."""
+
+    made: ClassVar[list[FakeRunner]] = []
+
+    def __init__(self, ctx: Any, pod: dict[str, Any]) -> None:
+        FakeRunner.made.append(self)
+        self.pod = pod
+        self.namespace, self.name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        self.updates = 0
+        self.vanished_called = False
+        self.finished = asyncio.Event()
+
+    def start(self) -> None:
+        pass
+
+    def update(self, pod: dict[str, Any]) -> None:
+        self.updates += 1
+
+    def vanished(self) -> None:
+        self.vanished_called = True
+        self.finished.set()
+
+    def cleanup_files(self) -> None:
+        pass
+
+
+class BrokenWatchKube:
+    """Each watch fails at once (a dropped connection); each list returns the next snapshot."""
+
+    def __init__(self, snapshots: list[list[dict[str, Any]]]) -> None:
+        self.snapshots = snapshots
+        self.lists = 0
+
+    async def list(self, res: Any, fields: Any = None, namespaced: bool = True) -> tuple[list[dict[str, Any]], str]:
+        snapshot = self.snapshots[min(self.lists, len(self.snapshots) - 1)]
+        self.lists += 1
+        return snapshot, str(self.lists)
+
+    async def watch(self, res: Any, version: str, fields: Any = None, namespaced: bool = True) -> Any:
+        raise ConnectionResetError("watch dropped")
+        yield  # an async generator, like Kube.watch
+
+
+def test_agent_relists_after_a_watch_error_and_stops_pods_deleted_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from processnode import agent as agent_module
+
+    def listed(name: str) -> dict[str, Any]:
+        return {"metadata": {"uid": f"uid-{name}", "namespace": "ns", "name": name}, "spec": {}, "status": {}}
+
+    monkeypatch.setattr(agent_module, "PodRunner", FakeRunner)
+    FakeRunner.made = []
+    monkeypatch.setattr(agent_module, "RELIST_BACKOFF_S", (0.01,))
+    kube = BrokenWatchKube([[listed("a"), listed("b")], [listed("a")]])
+    agent = agent_module.Agent(config(state_dir=tmp_path))
+    agent.ctx = SimpleNamespace(kube=kube)  # type: ignore[assignment]
+    (tmp_path / "pods" / "uid-stale").mkdir(parents=True)  # a pod deleted while no agent ran
+
+    async def scenario() -> tuple[Any, Any]:
+        loop = asyncio.create_task(agent._guard("pods", agent._pods_loop))
+        while kube.lists < 3:
+            await asyncio.sleep(0.01)
+        first = dict(agent.pods)
+        agent.stop()
+        loop.cancel()
+        return first, agent.pods
+
+    pods_after, _ = asyncio.run(scenario())
+    assert set(pods_after) == {"uid-a"}  # b was dropped by the re-list
+    runner_a, runner_b = FakeRunner.made  # one runner per pod, however often it is listed
+    assert runner_a.updates >= 2 and not runner_a.vanished_called
+    assert runner_b.vanished_called  # deleted while the watch was down: its processes are stopped
+    assert not (tmp_path / "pods" / "uid-stale").exists()
