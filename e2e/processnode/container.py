@@ -164,6 +164,8 @@ class ContainerRunner:
         plan = await self._plan()
         if plan is None or isinstance(plan, Terminated):
             return plan
+        if self.stopping:  # the pod was deleted while this start was being prepared
+            return None
         log_offset = self._open_log(plan)
         try:
             self.spawned = await process.spawn(

@@ -169,7 +169,13 @@ class NodeAgent:
 
     async def post_status(self) -> None:
         status = node_status(self.config, self.kube_version, self._conditions, now())
-        node = await self.kube.patch(Node.Status, self.config.name, {"status": status})
+        try:
+            node = await self.kube.patch(Node.Status, self.config.name, {"status": status})
+        except Exception as err:
+            if status_code(err) != 404:
+                raise
+            await self._register_again()
+            return
         self._conditions = (node.get("status") or {}).get("conditions") or []
 
     async def renew_lease(self) -> None:
@@ -185,4 +191,13 @@ class NodeAgent:
         except Exception as err:
             if status_code(err) != 404:
                 raise
+            node = await self.kube.get(Node, self.config.name)
+            if node is None or node["metadata"]["uid"] != self.uid:
+                await self._register_again()  # the lease went with a deleted Node
+                return
             await self.kube.create(lease)
+
+    async def _register_again(self) -> None:
+        """Someone deleted the Node (`kubectl delete node`): register anew, as at start."""
+        log.warning("node %s was deleted from the API: registering it again", self.config.name)
+        await self.register()
