@@ -132,9 +132,19 @@ def _failure_key(args: argparse.Namespace | None) -> str:
         return ""
 
 
+def _scan_termination_path(argv: Sequence[str]) -> Path | None:
+    """--termination-message-path even when the rest of the arguments do not parse."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--termination-message-path="):
+            return Path(arg.split("=", 1)[1])
+        if arg == "--termination-message-path" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+    return None
+
+
 def main(argv: Sequence[str]) -> int:
     args: argparse.Namespace | None = None
-    explicit_path: Path | None = None
+    explicit_path = _scan_termination_path(argv)
     try:
         args = build_parser().parse_args(list(argv))
         explicit_path = args.termination_message_path

@@ -1,0 +1,349 @@
+"""The optimizer end to end on tiny random models, and every way it can fail."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flotilla.api.v1alpha1 import AccuracyBudget, ArtifactSummary, OptimizeSpec, SourceSpec, artifact_key
+from flotilla.optimize import cli, repository
+from flotilla.triton import config as triton_config
+from flotilla.triton import python_model
+
+from .optimize_fixtures import tiny_bert, tiny_llama
+
+FAST = ["--eval-limit", "12", "--speed-rounds", "1"]
+
+
+def run_cli(args: list[str], tmp: Path) -> tuple[int, ArtifactSummary, str]:
+    term = tmp / f"term-{len(list(tmp.glob('term-*')))}"
+    code = cli.main([*args, "--termination-message-path", str(term)])
+    text = term.read_text()
+    assert len(text.encode()) <= 4096
+    return code, ArtifactSummary.from_termination_message(text), text
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".work-" in p.name)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("llama") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def llama_artifact(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, ArtifactSummary]:
+    tmp = tmp_path_factory.mktemp("llama-out")
+    out = tmp / "store" / "key"
+    code, summary, _ = run_cli(
+        [
+            "--source", str(llama_dir), "--task", "text-generation", "--name", "tiny", "--out", str(out),
+            "--recipes", "int8-dynamic-per-channel,int4-grid-b32", "--revision", "v1", *FAST,
+        ],
+        tmp,
+    )  # fmt: skip
+    return out, code, summary
+
+
+def test_text_generation_artifact_layout_manifest_and_summary(llama_artifact: Any, llama_dir: Path) -> None:
+    out, code, summary = llama_artifact
+    assert code == 0 and summary.ok
+    key = artifact_key(
+        SourceSpec(uri=f"file://{llama_dir}", revision="v1", task="text-generation"),
+        OptimizeSpec(precision="auto", accuracy_budget=AccuracyBudget()),
+    )
+    assert summary.key == key
+    version = out / "tiny" / "1"
+    for name in ("model.onnx", "model.py", "flotilla.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (version / name).is_file(), name
+    config_text = (out / "tiny" / "config.pbtxt").read_text()
+    # Triton takes the model name from the directory the operator mounts the artifact at.
+    assert not any(line.startswith("name:") for line in config_text.splitlines())
+    triton_config.validate(config_text)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["key"] == key and manifest["complete"] is True
+    assert manifest["recipe"] == summary.recipe in {"int8-dynamic-per-channel", "int4-grid-b32"}
+    assert {c["recipe"] for c in manifest["candidates"]} == {"int8-dynamic-per-channel", "int4-grid-b32"}
+    assert {"onnxruntime", "transformers", "torch"} <= set(manifest["versions"])
+    assert summary.accuracy is not None and summary.accuracy.top1_agreement is not None
+    assert summary.size_ratio is not None and summary.size_ratio < 1
+    assert leftovers(out.parent) == []
+
+
+def test_existing_artifact_is_reused_not_rebuilt(llama_artifact: Any, llama_dir: Path, tmp_path: Path) -> None:
+    out, _, first = llama_artifact
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    code, again, _ = run_cli(
+        [
+            "--source", str(llama_dir), "--task", "text-generation", "--name", "tiny", "--out", str(out),
+            "--recipes", "fp32", "--revision", "v1", *FAST,
+        ],
+        tmp_path,
+    )  # fmt: skip
+    assert code == 0 and again == first
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_served_generation_matches_transformers_greedy(llama_artifact: Any, llama_dir: Path) -> None:
+    """The KV-cache loop of model.py, batched with left padding, equals transformers' greedy decode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _, _ = llama_artifact
+    engine = python_model.load_engine(out / "tiny" / "1")
+    assert isinstance(engine, python_model.Generator)
+    engine.use_chat_template = False  # compare raw continuations
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    prompts = ["hello world", "a much longer prompt than the first one", "x"]
+    expected = []
+    for text in prompts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            gen = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=2)
+        expected.append(gen[0, ids.shape[1] :].tolist())
+    got = engine.generate_ids([engine.prompt_ids(t) for t in prompts], [6, 6, 6])
+    # Quantized weights may flip a near-tie; the dominant behaviour must be identical.
+    same = sum(a == b for e, g in zip(expected, got, strict=True) for a, b in zip(e, g, strict=False))
+    assert same >= 0.8 * sum(len(e) for e in expected)
+    assert engine.run(["hello"], [3])[0]["text_output"] is not None
+    assert all(len(g) <= 6 for g in got)
+
+
+def test_batched_generation_equals_one_by_one(llama_artifact: Any) -> None:
+    out, _, _ = llama_artifact
+    engine = python_model.load_engine(out / "tiny" / "1")
+    assert isinstance(engine, python_model.Generator)
+    prompts = [engine.prompt_ids(t) for t in ["one", "two three four five", "six seven"]]
+    together = engine.generate_ids(prompts, [5, 3, 5])
+    alone = [engine.generate_ids([p], [m])[0] for p, m in zip(prompts, [5, 3, 5], strict=True)]
+    assert together == alone
+    assert len(together[1]) <= 3
+
+
+def test_budget_not_met_publishes_nothing(llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store" / "key"
+    code, summary, _ = run_cli(
+        [
+            "--source", str(llama_dir), "--task", "text-generation", "--name", "tiny", "--out", str(out),
+            "--recipes", "int4-rtn-b32", "--max-top1-disagreement", "0", "--max-perplexity-increase", "0", *FAST,
+        ],
+        tmp_path,
+    )  # fmt: skip
+    assert code == cli.EXIT_CODES["AccuracyBudgetExceeded"]
+    assert not summary.ok and summary.reason == "AccuracyBudgetExceeded"
+    assert "int4-rtn-b32" in summary.message and "recipe size top1" in summary.message
+    assert summary.key  # the operator can match the failure to its key
+    assert not out.exists() and leftovers(out.parent) == []
+
+
+def test_unknown_task(tmp_path: Path, llama_dir: Path) -> None:
+    out = tmp_path / "out"
+    code, summary, _ = run_cli(
+        ["--source", str(llama_dir), "--task", "summarize", "--name", "m", "--out", str(out)], tmp_path
+    )
+    assert code == 2 and summary.reason == "InvalidArguments" and "summarize" in summary.message
+    assert not out.exists()
+
+
+def test_bad_arguments_still_write_a_termination_message(tmp_path: Path) -> None:
+    code, summary, _ = run_cli(["--task", "text-generation"], tmp_path)
+    assert code == 2 and summary.reason == "InvalidArguments" and "--source" in summary.message
+
+
+def test_unsupported_architecture(tmp_path: Path) -> None:
+    bert = tiny_bert(tmp_path / "bert")
+    out = tmp_path / "out"
+    code, summary, _ = run_cli(
+        ["--source", str(bert), "--task", "text-generation", "--name", "m", "--out", str(out)], tmp_path
+    )
+    assert code == cli.EXIT_CODES["UnsupportedModel"]
+    assert summary.reason == "UnsupportedModel" and "bert" in summary.message
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_unknown_model_type_is_unsupported_or_unreadable(tmp_path: Path) -> None:
+    ckpt = tmp_path / "weird"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"model_type": "flotilla-no-such-arch"}')
+    code, summary, _ = run_cli(
+        ["--source", str(ckpt), "--task", "text-generation", "--name", "m", "--out", str(tmp_path / "o")], tmp_path
+    )
+    assert code != 0 and summary.reason in {"UnsupportedModel", "SourceUnavailable"}
+    assert "flotilla-no-such-arch" in summary.message
+
+
+def test_corrupt_weights(tmp_path: Path, llama_dir: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(llama_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    out = tmp_path / "out"
+    code, summary, _ = run_cli(
+        ["--source", str(broken), "--task", "text-generation", "--name", "m", "--out", str(out)], tmp_path
+    )
+    assert code == cli.EXIT_CODES["SourceUnavailable"]
+    assert summary.reason == "SourceUnavailable" and "weights" in summary.message
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        ("/nonexistent/flotilla/model", "does not exist"),
+        ("file:///nonexistent/flotilla/model", "does not exist"),
+        ("pvc://claim/nothing/here", "does not exist"),
+        ("hf://flotilla-test/does-not-exist@main", "HF_HUB_OFFLINE"),
+    ],
+)
+def test_unreadable_source(source: str, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("FLOTILLA_PVC_ROOT", str(tmp_path / "pvc"))
+    out = tmp_path / "out"
+    code, summary, _ = run_cli(
+        ["--source", source, "--task", "text-generation", "--name", "m", "--out", str(out)], tmp_path
+    )
+    assert code == cli.EXIT_CODES["SourceUnavailable"] and summary.reason == "SourceUnavailable"
+    assert needle in summary.message
+    assert not out.exists()
+
+
+def test_disk_full_while_publishing_leaves_nothing(
+    llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "model.onnx")
+
+    monkeypatch.setattr(repository, "write_model_dir", full)
+    out = tmp_path / "store" / "key"
+    code, summary, _ = run_cli(
+        [
+            "--source",
+            str(llama_dir),
+            "--task",
+            "text-generation",
+            "--name",
+            "m",
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+        ],
+        tmp_path,
+    )
+    assert code == cli.EXIT_CODES["OutOfDisk"] and summary.reason == "OutOfDisk"
+    assert "no space left" in summary.message
+    assert not out.exists() and leftovers(out.parent) == []
+
+
+def test_termination_message_path_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(tmp_path / "t"))
+    assert cli.termination_path(None) == tmp_path / "t"
+    assert cli.termination_path(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("TERMINATION_MESSAGE_PATH")
+    monkeypatch.setattr(cli, "DEFAULT_TERMINATION_LOG", tmp_path / "missing-dir" / "termination-log")
+    assert cli.termination_path(None) is None
+
+
+@pytest.fixture(scope="module")
+def embedder_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, ArtifactSummary]:
+    tmp = tmp_path_factory.mktemp("bert-fe")
+    ckpt = tiny_bert(tmp / "ckpt", sentence_transformers=True)
+    out = tmp / "store" / "key"
+    code, summary, _ = run_cli(
+        ["--source", str(ckpt), "--task", "feature-extraction", "--name", "emb", "--out", str(out),
+         "--recipes", "int8-dynamic-per-channel", "--min-cosine-similarity", "0.9", *FAST],
+        tmp,
+    )  # fmt: skip
+    return out, code, summary
+
+
+def test_feature_extraction_artifact(embedder_artifact: Any) -> None:
+    out, code, summary = embedder_artifact
+    assert code == 0 and summary.ok and summary.task == "feature-extraction"
+    assert summary.accuracy is not None and summary.accuracy.cosine_similarity is not None
+    assert summary.accuracy.cosine_similarity >= 0.9
+    meta = json.loads((out / "emb" / "1" / "flotilla.json").read_text())
+    assert meta["pooling"] == {"mode": "mean", "normalize": True} and meta["max_length"] == 64
+    engine = python_model.load_engine(out / "emb" / "1")
+    result = engine.run(["the cat", "a dog and the cat"], [None, None])
+    vectors = np.stack([r["embedding"] for r in result])
+    assert vectors.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_text_classification_artifact(tmp_path: Path) -> None:
+    ckpt = tiny_bert(tmp_path / "ckpt", labels=3)
+    out = tmp_path / "store" / "key"
+    code, summary, _ = run_cli(
+        ["--source", str(ckpt), "--task", "text-classification", "--name", "cls", "--out", str(out),
+         "--precision", "fp32", *FAST],
+        tmp_path,
+    )  # fmt: skip
+    assert code == 0 and summary.ok and summary.recipe == "fp32"
+    engine = python_model.load_engine(out / "cls" / "1")
+    (result,) = engine.run(["the cat is on the mat"], [None])
+    assert result["label"] in {"label-0", "label-1", "label-2"}
+    assert result["scores"].shape == (3,) and abs(float(result["scores"].sum()) - 1) < 1e-5
+    triton_config.validate((out / "cls" / "config.pbtxt").read_text())
+
+
+def test_tensorrt_target_builds_engine_and_gpu_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trtexec cannot run here: a stand-in records its arguments and writes the engine file."""
+    trtexec = tmp_path / "trtexec"
+    record = tmp_path / "trtexec.args"
+    trtexec.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" > {record}\n'
+        'for a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n'
+    )
+    trtexec.chmod(0o755)
+    monkeypatch.setenv("FLOTILLA_TRTEXEC", str(trtexec))
+    ckpt = tiny_bert(tmp_path / "ckpt", sentence_transformers=True)
+    out = tmp_path / "store" / "key"
+    code, summary, _ = run_cli(
+        ["--source", str(ckpt), "--task", "feature-extraction", "--name", "emb", "--out", str(out),
+         "--target", "tensorrt", "--precision", "fp16", *FAST],
+        tmp_path,
+    )  # fmt: skip
+    assert code == 0, summary.message
+    args = record.read_text()
+    assert "--fp16" in args and "--minShapes=input_ids:1x1" in args and "--maxShapes=input_ids:8x512" in args
+    version = out / "emb" / "1"
+    assert (version / "model.onnx.engine").is_file()
+    meta = json.loads((version / "flotilla.json").read_text())
+    assert meta["gpu_provider"] == "TensorrtExecutionProvider"
+    config_text = (out / "emb" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in config_text
+    triton_config.validate(config_text)
+
+
+def test_tensorrt_target_without_trtexec_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOTILLA_TRTEXEC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "out"
+    code, summary, _ = run_cli(
+        [
+            "--source",
+            str(tmp_path),
+            "--task",
+            "feature-extraction",
+            "--name",
+            "m",
+            "--out",
+            str(out),
+            "--target",
+            "tensorrt",
+        ],
+        tmp_path,
+    )
+    assert code != 0 and summary.reason == "UnsupportedModel" and "trtexec" in summary.message
+    assert not out.exists()
