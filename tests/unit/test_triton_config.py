@@ -1,0 +1,91 @@
+"""config.pbtxt rendering (pure; the operator imports it) and validation against Triton's protobuf."""
+
+from __future__ import annotations
+
+import pytest
+
+from flotilla.triton.config import TASKS, ModelConfigError, render_model_config, validate
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("gpu", [False, True])
+def test_every_task_renders_a_valid_config(task: str, gpu: bool) -> None:
+    text = render_model_config(task, max_batch_size=4, max_queue_delay_us=500, instance_count=2, gpu=gpu)  # type: ignore[arg-type]
+    config = validate(text)
+    assert config.backend == "python"  # type: ignore[attr-defined]
+    assert config.max_batch_size == 4  # type: ignore[attr-defined]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500  # type: ignore[attr-defined]
+    group = config.instance_group[0]  # type: ignore[attr-defined]
+    assert group.count == 2 and group.kind == (1 if gpu else 2)  # KIND_GPU = 1, KIND_CPU = 2
+    assert not any(line.startswith("name:") for line in text.splitlines())
+
+
+def test_generate_extension_tensors() -> None:
+    config = validate(render_model_config("text-generation"))
+    inputs = {t.name: t for t in config.input}  # type: ignore[attr-defined]
+    assert set(inputs) == {"text_input", "max_tokens"}
+    assert inputs["max_tokens"].optional and not inputs["text_input"].optional
+    assert [t.name for t in config.output] == ["text_output"]  # type: ignore[attr-defined]
+
+
+def test_no_batching_means_no_dynamic_batcher() -> None:
+    text = render_model_config("feature-extraction", max_batch_size=0)
+    assert "dynamic_batching" not in text
+    assert validate(text).max_batch_size == 0  # type: ignore[attr-defined]
+
+
+def test_runtime_parameters() -> None:
+    text = render_model_config(
+        "text-classification",
+        gpu=True,
+        execution_provider="TensorrtExecutionProvider",
+        intra_op_threads=2,
+        parameters={"extra": 'quote " and \\ backslash'},
+    )
+    params = {k: v.string_value for k, v in validate(text).parameters.items()}  # type: ignore[attr-defined]
+    assert params == {
+        "execution_provider": "TensorrtExecutionProvider",
+        "intra_op_threads": "2",
+        "extra": 'quote " and \\ backslash',
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"task": "summarization"},
+        {"task": "text-generation", "backend": "onnxruntime"},
+        {"task": "text-generation", "instance_count": 0},
+        {"task": "text-generation", "max_batch_size": -1},
+        {"task": "text-generation", "execution_provider": "ROCMExecutionProvider"},
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ModelConfigError):
+        render_model_config(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("backend: python", "does not parse"),
+        ('backend: "python"\nmax_batch_size: 1', "at least one input"),
+        (
+            'backend: "python"\ninput [{ name: "a" data_type: TYPE_FP32 dims: [ 0 ] }]\n'
+            'output [{ name: "b" data_type: TYPE_FP32 dims: [ 1 ] }]',
+            "invalid dims",
+        ),
+        (
+            'backend: "python"\nmax_batch_size: 0\ndynamic_batching {}\n'
+            'input [{ name: "a" data_type: TYPE_FP32 dims: [ 1 ] }]\noutput [{ name: "b" data_type: TYPE_FP32 dims: [ 1 ] }]',
+            "dynamic_batching needs",
+        ),
+        (
+            'input [{ name: "a" data_type: TYPE_FP32 dims: [ 1 ] }]\noutput [{ name: "b" data_type: TYPE_FP32 dims: [ 1 ] }]',
+            "no backend",
+        ),
+    ],
+)
+def test_validate_rejects(text: str, needle: str) -> None:
+    with pytest.raises(ModelConfigError, match=needle):
+        validate(text)
