@@ -65,6 +65,9 @@ def test_bad_arguments(kwargs: dict[str, object]) -> None:
         render_model_config(**kwargs)  # type: ignore[arg-type]
 
 
+IO = 'input [{ name: "a" data_type: TYPE_FP32 dims: [ 1 ] }]\noutput [{ name: "b" data_type: TYPE_FP32 dims: [ 1 ] }]'
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
@@ -76,14 +79,10 @@ def test_bad_arguments(kwargs: dict[str, object]) -> None:
             "invalid dims",
         ),
         (
-            'backend: "python"\nmax_batch_size: 0\ndynamic_batching {}\n'
-            'input [{ name: "a" data_type: TYPE_FP32 dims: [ 1 ] }]\noutput [{ name: "b" data_type: TYPE_FP32 dims: [ 1 ] }]',
+            'backend: "python"\nmax_batch_size: 0\ndynamic_batching {}\n' + IO,
             "dynamic_batching needs",
         ),
-        (
-            'input [{ name: "a" data_type: TYPE_FP32 dims: [ 1 ] }]\noutput [{ name: "b" data_type: TYPE_FP32 dims: [ 1 ] }]',
-            "no backend",
-        ),
+        (IO, "no backend"),
     ],
 )
 def test_validate_rejects(text: str, needle: str) -> None:
