@@ -3,8 +3,8 @@
 DESIGN.md §4: the binary needs LD_LIBRARY_PATH set to the wheel's `nvidia_pytriton.libs`,
 a `--backend-directory` with the Python backend stub for this interpreter copied into
 `backends/python/`, and the virtualenv first on PATH (the stub imports numpy and
-onnxruntime from it). The backend directory is prepared once per agent under
-`<state>/triton/backends`.
+onnxruntime from it). `flotilla.triton.local` knows how; the backend directory is prepared
+once per state directory under `<state>/triton/backends`.
 
 A container's network namespace makes 0.0.0.0 mean "the pod's own address"; here every
 pod shares the host's stack, so an endpoint Triton would bind to 0.0.0.0 is bound to the
@@ -13,12 +13,11 @@ pod IP instead (only when the container's args do not choose an address themselv
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from flotilla.triton.local import TritonError, find_install, prepare_backends
 
 from .images import ImageError
 
@@ -50,32 +49,12 @@ def _has_flag(words: Sequence[str], flag: str) -> bool:
     return any(w == flag or w.startswith(flag + "=") for w in words)
 
 
-def _pytriton_dir() -> Path:
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImageError("StartError", f"tritonserver: the nvidia-pytriton wheel is not installed in {sys.prefix}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def prepare(state_dir: Path) -> TritonRuntime:
-    """Locate the wheel's server and build the backend directory (idempotent)."""
-    package = _pytriton_dir()
-    server = package / "tritonserver"
-    libs = package.parent / "nvidia_pytriton.libs"
-    binary = server / "bin" / "tritonserver"
-    if not binary.is_file():
-        raise ImageError("StartError", f"tritonserver: {binary} is missing from the nvidia-pytriton wheel")
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise ImageError("StartError", f"tritonserver: no Python backend stub for Python {version} in {server}")
-    backends = state_dir / "triton" / "backends"
-    target_stub = backends / "python" / "triton_python_backend_stub"
-    if not target_stub.is_file():
-        staging = backends.with_name("backends.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(server / "backends", staging, symlinks=True)
-        shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
-        shutil.rmtree(backends, ignore_errors=True)
-        staging.rename(backends)
-    return TritonRuntime(binary, libs, backends)
+    """Locate the wheel's server and build the backend directory (idempotent). The set-up is
+    flotilla.triton.local's, shared with the optimizer's tests and the demo."""
+    try:
+        install = find_install()
+        backends = prepare_backends(install, state_dir / "triton")
+    except (TritonError, OSError) as err:
+        raise ImageError("StartError", f"tritonserver: {err}") from None
+    return TritonRuntime(install.binary, install.libs, backends)
