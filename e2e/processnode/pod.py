@@ -146,24 +146,31 @@ class PodRunner:
         if launch.kind is Kind.TRITON:
             runtime = self.ctx.triton()
             argv, extra = runtime.argv(argv, self.ip or ""), runtime.env()
-        term = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
+        term = paths.host(container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH)
         cwd = paths.host(container.get("workingDir") or "/")
         if prepare:
-            build_tree(paths.root, container_mounts(container, self.volumes, env))
-            touch_file(paths.host(term))
-            cwd.mkdir(parents=True, exist_ok=True)
-            paths.host("/tmp").mkdir(parents=True, exist_ok=True)
-        base = {
+            self._prepare_tree(container, paths, env, term, cwd)
+        rewritten = {k: paths.rewrite(v) for k, v in env.items()}
+        full_env = {**self._base_env(paths, term), **rewritten, **extra}
+        return Plan(argv, full_env, cwd, term, f"processnode://{argv[0]}")
+
+    def _prepare_tree(self, container: Obj, paths: PathMap, env: dict[str, str], term: Path, cwd: Path) -> None:
+        build_tree(paths.root, container_mounts(container, self.volumes, env))
+        touch_file(term)  # empty at every start: a message is this run's
+        cwd.mkdir(parents=True, exist_ok=True)
+        paths.host("/tmp").mkdir(parents=True, exist_ok=True)
+
+    def _base_env(self, paths: PathMap, term: Path) -> dict[str, str]:
+        """What every container's environment starts with (nothing of the agent's leaks in)."""
+        return {
             "PATH": f"{self.ctx.venv_bin}:{BASE_PATH}",
             "HOME": str(paths.root),
             "LANG": "C.UTF-8",
             "HOSTNAME": self.name,
             "TMPDIR": str(paths.host("/tmp")),
             "POD_IP": self.ip or "",
-            "TERMINATION_MESSAGE_PATH": str(paths.host(term)),
+            "TERMINATION_MESSAGE_PATH": str(term),
         }
-        rewritten = {k: paths.rewrite(v) for k, v in env.items()}
-        return Plan(argv, {**base, **rewritten, **extra}, cwd, paths.host(term), f"processnode://{argv[0]}")
 
     def _sources(self) -> EnvSources:
         self.sources.pod_ip = self.ip or ""
