@@ -112,6 +112,18 @@ class Controller:
             self._record(key, result)
             return result
 
+    async def finalize(self, body: Mapping[str, Any], observed: Observed) -> int:
+        """Delete the model's workloads before the model itself goes; return the pods still
+        running. Garbage collection would remove them too, but only after the SmallModel is
+        gone: holding the finalizer until the pods stop makes `kubectl delete` mean stopped."""
+        model = SmallModel.from_body(body)
+        ns = model.metadata.namespace
+        for dep in observed.deployments:
+            await self.kube.delete("apps/v1", "Deployment", dep.name, ns, foreground=True)
+        for job in observed.jobs:
+            await self.kube.delete("batch/v1", "Job", job.name, ns, foreground=True)
+        return len(observed.pods)
+
     @staticmethod
     def _record(key: Key, result: Plan) -> None:
         telemetry.CONDITIONS.by_model[key] = {c.type: c.status for c in result.status.conditions}

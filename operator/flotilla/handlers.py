@@ -37,6 +37,7 @@ def _owner(body: kopf.Body) -> Key:
 
 
 SMALLMODEL = (GROUP, VERSION, PLURAL)
+FINALIZE_RETRIES = 60  # x 2 s: how long deletion waits for the model's pods to stop
 
 
 @kopf.on.startup()
@@ -140,7 +141,10 @@ async def resync(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, 
 
 
 @kopf.on.delete(*SMALLMODEL)
-def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # Children carry owner references and go with the garbage collector; this releases
-    # what the operator holds in memory for the model.
+async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, logger: kopf.Logger, **kwargs: Any) -> None:
+    remaining = await memo.controller.finalize(body, _observed(memo, _key(body), _indexes(kwargs)))
+    if remaining and retry < FINALIZE_RETRIES:
+        raise kopf.TemporaryError(f"waiting for {remaining} pod(s) to stop", delay=2)
+    if remaining:  # a node that is gone never confirms; do not hold the model forever
+        logger.warning("releasing with %d pod(s) not confirmed stopped", remaining)
     memo.controller.forget(*_key(body))

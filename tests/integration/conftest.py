@@ -45,6 +45,8 @@ def operator(crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFact
     op = Operator(crd, namespace, tmp_path_factory.mktemp("operator"))
     op.start()
     yield op
+    # While the operator still runs: it holds a finalizer on each SmallModel.
+    crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
     op.stop()
     if "Traceback" in op.log():
         sys.stderr.write(f"--- operator log ({op.log_path}) ---\n{op.log()[-6000:]}\n")

@@ -62,11 +62,12 @@ class Kube:
         resource = codecs.from_dict(dict(obj))
         await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
 
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str, *, foreground: bool = False) -> None:
         self._count("delete", kind)
         resource = _namespaced(api_version, kind)
+        cascade = CascadeType.FOREGROUND if foreground else CascadeType.BACKGROUND
         try:
-            await self.client.delete(resource, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+            await self.client.delete(resource, name, namespace=namespace, cascade=cascade)
         except ApiError as err:
             if err.status.code != 404:
                 raise
