@@ -103,3 +103,19 @@ def test_pvc_source_is_mounted_where_the_optimizer_reads_it() -> None:
     assert claims == {"artifacts": "flotilla-artifacts", "source": "models"}
     env = {e["name"]: e["value"] for e in container(job)["env"]}
     assert env["FLOTILLA_PVC_ROOT"] == "/mnt/flotilla/pvc"
+
+
+def test_job_arguments_give_the_optimizer_the_operators_artifact_key() -> None:
+    """The contract between the operator and the Job: both compute the same content address."""
+    from flotilla.optimize.cli import _request, build_parser
+
+    for spec in (
+        {"source": {"uri": "hf://org/m", "revision": "v1"}, "optimize": {"precision": "int4"}},
+        {"source": {"uri": "pvc://models/m.gguf", "task": "feature-extraction"}, "serving": {"gpu": {"count": 1}}},
+        {"source": {"uri": "file:///m"}, "optimize": {"accuracyBudget": {"maxTop1Disagreement": 0.1}}},
+    ):
+        m = model(**spec)
+        key = key_of(m)
+        args = optimizer.build_job(m, key, CONFIG)["spec"]["template"]["spec"]["containers"][0]["args"]
+        request = _request(build_parser().parse_args(args))
+        assert request.key() == key  # type: ignore[attr-defined]

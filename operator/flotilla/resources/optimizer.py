@@ -19,7 +19,8 @@ SOURCE_PVC_ROOT = "/mnt/flotilla/pvc"
 CONTAINER = "optimizer"
 # Exit codes of the optimizer that no retry can fix (bad input, budget not met): the Job
 # fails at once instead of burning its backoff on the same answer.
-PERMANENT_EXIT_CODES = [2, 3]
+# (2 invalid arguments, 3 accuracy budget exceeded, 5 unsupported model; see optimize/cli.py)
+PERMANENT_EXIT_CODES = [2, 3, 5]
 
 
 def optimizer_args(model: SmallModel, key: str) -> list[str]:
@@ -38,6 +39,8 @@ def optimizer_args(model: SmallModel, key: str) -> list[str]:
     ]  # fmt: skip
     if spec.source.revision:
         args += ["--revision", spec.source.revision]
+    if spec.serving.gpu.count > 0:
+        args.append("--gpu")  # the artifact's own config.pbtxt is the GPU variant
     return args
 
 
