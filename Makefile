@@ -76,10 +76,10 @@ test: $(STAMP)
 	@$(LOCAL) down
 
 demo: $(STAMP)
-	@$(PY) -m e2e_demo
+	@$(PY) -m demo
 
 demo-down: $(STAMP)
-	@$(PY) -m e2e_demo --down
+	@$(PY) -m demo --down
 
 clean: cluster-down
 	rm -rf $(VENV) .flotilla

@@ -150,14 +150,19 @@ def start(
     backoff_seconds: float | None = None,
     extra_args: tuple[str, ...] = (),
     ready_timeout: float = READY_TIMEOUT_S,
+    detach: bool = False,
 ) -> ProcessNode:
     """Start the agent for a cluster (anything with `.kubeconfig`, or a kubeconfig path) and
-    return once its Node is registered and Ready."""
+    return once its Node is registered and Ready.
+
+    `detach=True` (the demo) lets the agent outlive the caller, in its own session; stop it
+    later by the pid in `<state>/agent.json` (see `stop_detached`)."""
     kubeconfig = _kubeconfig(target)
     state = (state_dir or _default_state_dir(kubeconfig, name)).resolve()
     state.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "processnode", "--kubeconfig", str(kubeconfig), "--name", name]
-    argv += ["--state-dir", str(state), "--pod-cidr", pod_cidr, "--parent-pid", str(os.getpid())]
+    argv += ["--state-dir", str(state), "--pod-cidr", pod_cidr]
+    argv += [] if detach else ["--parent-pid", str(os.getpid())]
     argv += ["--gpus", str(gpus)] + (["--gpu-product", gpu_product] if gpu_product else [])
     argv += [f"--cpu={cpu}"] if cpu else []
     argv += [f"--memory={memory}"] if memory else []
@@ -170,10 +175,31 @@ def start(
     ready_file = state / "agent.json"
     ready_file.unlink(missing_ok=True)
     with (state / "agent.log").open("ab") as log:
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=detach
+        )
     node = ProcessNode(name, state, kubeconfig, proc)
     node.info = _wait_ready(node, ready_file, ready_timeout)
     return node
+
+
+def stop_detached(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> int | None:
+    """Stop an agent started with detach=True, found by its state directory; its pid or None."""
+    ready_file = state_dir / "agent.json"
+    try:
+        pid = int(json.loads(ready_file.read_text())["pid"])
+        agent = psutil.Process(pid)
+    except (OSError, ValueError, KeyError, psutil.NoSuchProcess):
+        process.cleanup_stale(state_dir / "pods")
+        return None
+    agent.terminate()
+    try:
+        agent.wait(timeout)
+    except psutil.TimeoutExpired:
+        agent.kill()
+    process.cleanup_stale(state_dir / "pods")
+    ready_file.unlink(missing_ok=True)
+    return pid
 
 
 def _wait_ready(node: ProcessNode, ready_file: Path, timeout: float) -> dict[str, Any]:

@@ -9,11 +9,20 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def free_port() -> int:
@@ -39,14 +48,22 @@ class OperatorProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self) -> None:
+    def start(self, detach: bool = False) -> None:
+        """Start it; `detach=True` lets it outlive this process (the demo), pid in `pid_file`."""
         env = {**os.environ, **self.settings, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "flotilla", "run", "--liveness", ""]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=detach
+            )
+        self.pid_file.write_text(str(self.proc.pid))
+
+    @property
+    def pid_file(self) -> Path:
+        return self.log_path.with_suffix(".pid")
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -57,6 +74,22 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    @staticmethod
+    def stop_detached(pid_file: Path, timeout: float = 30) -> int | None:
+        """Stop an operator started with detach=True by its pid file; its pid or None."""
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            return None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+        return pid
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
