@@ -22,15 +22,15 @@ def grid_weights(k: int, n: int, block: int = 32, seed: int = 0) -> np.ndarray:
 
 def test_4bit_is_exact_on_a_min_max_grid() -> None:
     w = grid_weights(96, 40)
-    packed, scale, zp, residue = weights.quantize_4bit(w, 32)
-    assert packed.shape == (40, 3, 16) and scale.shape == (40, 3) and zp.shape == (40, 2)
-    assert np.allclose(weights.dequantize_4bit(packed, scale, zp, residue, 96), w, atol=1e-6)
+    packed, scale, residue = weights.quantize_4bit(w, 32)
+    assert packed.shape == (40, 3, 16) and scale.shape == (40, 3) and residue.shape == (3, 40)
+    assert np.allclose(weights.dequantize_4bit(packed, scale, residue, 96), w, atol=1e-6)
 
 
 def test_4bit_error_is_bounded_on_arbitrary_weights() -> None:
     w = np.random.default_rng(1).normal(0, 0.02, (64, 24)).astype(np.float32)
-    packed, scale, zp, residue = weights.quantize_4bit(w, 32)
-    err = np.abs(weights.dequantize_4bit(packed, scale, zp, residue, 64) - w)
+    packed, scale, residue = weights.quantize_4bit(w, 32)
+    err = np.abs(weights.dequantize_4bit(packed, scale, residue, 64) - w)
     step = np.repeat(scale.T, 32, axis=0)[:64]
     assert np.all(err <= step / 2 + 1e-6)
 
@@ -95,3 +95,15 @@ def test_quantized_graph_runs_on_onnxruntime_and_shares_tied_embeddings(tmp_path
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"ids": ids})[0]
     tolerance = 1e-3 if level == 0 else 5e-2  # level 4 quantizes activations to int8 as well
     assert np.allclose(got, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
+
+
+def test_fp32_tail_selects_the_last_layers_by_name() -> None:
+    names = [f"/model/layers.{i}/mlp/down_proj/MatMul" for i in range(6)] + ["/lm_head/MatMul", "/encoder/layer.3/x"]
+    assert weights.layer_index("/encoder/layer.3/attention/MatMul") == 3
+    assert weights.layer_index("/lm_head/MatMul") is None
+    assert weights.fp32_tail(names, 2) == {
+        "/model/layers.4/mlp/down_proj/MatMul",
+        "/model/layers.5/mlp/down_proj/MatMul",
+    }
+    assert weights.fp32_tail(names, 0) == set()
+    assert weights.fp32_tail(["/lm_head/MatMul"], 3) == set()

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N held-out sentences")
     p.add_argument("--speed-rounds", type=int, default=3, help="interleaved timing rounds (0: skip timing)")
     p.add_argument("--work-dir", type=Path, default=None, help="scratch space (default: beside --out)")
+    p.add_argument("--export-cache", type=Path, default=None, help="reuse fp32 exports kept here (tests, benchmarks)")
     return p
 
 
@@ -118,6 +119,7 @@ def _request(args: argparse.Namespace) -> object:
         eval_limit=args.eval_limit,
         speed_rounds=args.speed_rounds,
         work_dir=args.work_dir,
+        export_cache=args.export_cache,
     )
 
 

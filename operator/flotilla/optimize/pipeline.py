@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -28,7 +29,7 @@ from .evaluate import SpeedFigures
 from .export import Exported, export
 from .progress import log, step
 from .select import Candidate, attach_speedups, gate, pick, table
-from .source import canonical_uri, resolve, split_revision
+from .source import Source, canonical_uri, resolve, split_revision
 
 CALIBRATION_SENTENCES = 32
 LIBRARIES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy", "tritonclient")
@@ -50,6 +51,7 @@ class Request:
     eval_limit: int | None = None
     speed_rounds: int = 3
     work_dir: Path | None = None
+    export_cache: Path | None = None  # reuse fp32 exports across runs (tests, benchmarks)
 
     def specs(self) -> tuple[SourceSpec, OptimizeSpec]:
         uri, revision = split_revision(canonical_uri(self.source), self.revision)
@@ -118,6 +120,10 @@ class _Run:
         with step("resolve source"):
             source = resolve(self.req.source, self.req.revision, self.work)
         log(f"source {source.uri} -> {source.path}" + (f" (gguf {source.gguf_file})" if source.gguf_file else ""))
+        cache = self.req.export_cache
+        if cache is not None:
+            self.exported = _cached_export(source, self.req.task, cache)
+            return self.exported
         with step(f"export {self.req.task} to ONNX"), repository.disk_errors("export"):
             self.exported = export(source, self.req.task, self.work / "export")
         return self.exported
@@ -183,6 +189,32 @@ class _Run:
             return evaluate.measure_speed(
                 sessions, self.req.task, vocab, self.req.speed_rounds, lambda r: log(f"speed round {r} done")
             )
+
+
+def _cached_export(source: Source, task: str, cache: Path) -> Exported:
+    """The fp32 export from `cache` (keyed by source, task and optimizer version), made once.
+
+    For tests and benchmarks that optimize one model many times; a Job exports afresh.
+    """
+    origin = source.path / source.gguf_file if source.gguf_file else source.path / "config.json"
+    stat = origin.stat()
+    ident = json.dumps([source.uri, source.revision, task, OPTIMIZER_VERSION, stat.st_size, stat.st_mtime_ns])
+    directory = cache / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    meta_file = directory / "export-metadata.json"
+    if meta_file.is_file():
+        log(f"export {task}: reusing the cached export in {directory}")
+        meta = json.loads(meta_file.read_text())
+        return Exported(directory, task, str(meta["model_type"]), meta)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".export-", dir=cache))
+    try:
+        with step(f"export {task} to ONNX (cached in {directory})"), repository.disk_errors("export"):
+            exported = export(source, task, partial)
+            (partial / "export-metadata.json").write_text(json.dumps(exported.metadata))
+            partial.rename(directory)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return Exported(directory, task, exported.model_type, exported.metadata)
 
 
 def _tokenizer(directory: Path) -> Any:
@@ -312,6 +344,7 @@ def _optimize(
         raise OptimizeError(
             "AccuracyBudgetExceeded",
             f"no {req.precision} candidate within the accuracy budget:\n" + table(measured),
+            [_candidate_record(c) for c in measured],
         )
     log(f"picked {best.recipe} (score {best.score:.2f})")
     backend = "python"

@@ -10,6 +10,7 @@
 | int8-weight-only-b32       | MatMulNBits 8-bit blocks of 32, int8 compute (accuracy_level 4)  | CPU/GPU |
 | int4-rtn-b32               | MatMulNBits 4-bit blocks of 32 (onnxruntime's RTN), head 8-bit    | CPU/GPU |
 | int4-grid-b32              | MatMulNBits 4-bit, min/max grid reproduced exactly (see weights) | CPU/GPU |
+| int4-grid-b32-mixed        | the same, last 4 layers computed in fp32 instead of int8         | CPU/GPU |
 | fp16                       | float16 weights and compute, fp32 I/O                            | GPU     |
 
 Every int8/int4 recipe leaves the sensitive nodes alone or gives them 8 bits: the matrix that
@@ -80,8 +81,14 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "int4-grid-b32",
         "int4",
-        "MatMulNBits 4-bit min/max grid, block 32, 8-bit head and embeddings",
-        params={"block_size": 32, "accuracy_level": 4},
+        "MatMulNBits 4-bit min/max grid, block 32, 8-bit head and embeddings, int8 compute",
+        params={"block_size": 32, "accuracy_level": 4, "fp32_tail_layers": 0},
+    ),
+    Recipe(
+        "int4-grid-b32-mixed",
+        "int4",
+        "int4-grid-b32 with the last 4 layers computed in fp32",
+        params={"block_size": 32, "accuracy_level": 4, "fp32_tail_layers": 4},
     ),
     Recipe("fp16", "fp16", "float16 weights and compute (GPU)", gpu_only=True),
 )
@@ -242,11 +249,13 @@ def _grid(src: Path, dst: Path, recipe: Recipe, exclude: list[str]) -> None:
     import onnx
 
     model = onnx.load(str(src))
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     weights.quantize_model(
         model,
         block_size=int(recipe.params["block_size"]),
         accuracy_level=int(recipe.params["accuracy_level"]),
         eight_bit_nodes=set(exclude),
+        fp32_compute_nodes=weights.fp32_tail(matmuls, int(recipe.params["fp32_tail_layers"])),
     )
     save_model(model, dst)
 
@@ -284,7 +293,7 @@ def apply(
         _static(prepared, dst, exclude, calibration)
     elif recipe.name in {"int8-weight-only-b32", "int4-rtn-b32"}:
         _rtn(prepared, dst, recipe, [] if recipe.name.startswith("int8") else exclude)
-    elif recipe.name == "int4-grid-b32":
+    elif recipe.name.startswith("int4-grid-b32"):
         _grid(prepared, dst, recipe, exclude)
     elif recipe.name == "fp16":
         _fp16(fp32, dst)

@@ -1,4 +1,4 @@
-"""Block-wise weight-only quantization that keeps an unrounded zero point, on fast kernels.
+"""Block-wise weight-only quantization with an exact per-block offset, on fast kernels.
 
 onnxruntime's RTN quantizer rounds each block's zero point to an integer. That shifts every
 weight of the block by up to half a quantization step in the same direction, and on small
@@ -6,16 +6,16 @@ models the shifts add up: on SmolLM2-135M it drops next-token agreement with fp3
 MatMulNBits accepts float zero points, but onnxruntime's CPU kernel then de-quantizes the
 whole matrix on every call (decode gets ~10x slower).
 
-So we keep the integer zero point the fast kernel wants and add the rounding residue back
-exactly: with scale s, float zero point z and its rounded value zi,
+So the 4-bit part is stored without zero points (MatMulNBits' implicit 8) and each block's
+offset is added back exactly by two small matmuls:
 
-    w = s * (q - z) = s * (q - zi) + c,   c = -s * (z - zi)   (one constant per block)
+    w = s * (q - 8) + c,   s = (max - min) / 15,   q = round((w - min) / s),   c = min + 8 s
     x @ W = MatMulNBits(x) + (x @ E) @ C
 
-where E sums each block of 32 inputs (a [K, K/32] 0/1 matrix) and C holds the constants
-([K/32, N]). Both extra matmuls are 32x smaller than the layer. Weights that were already
-on a 4-bit min/max grid (a de-quantized GGUF Q4_1 checkpoint) come back bit-exact; others
-get min/max rounding without the zero-point error.
+where E sums each block of 32 inputs (a [K, K/32] 0/1 matrix) and C holds the offsets
+([K/32, N]). Both extra matmuls are 32x smaller than the layer. Weights that already lie on a
+4-bit min/max grid (a de-quantized GGUF Q4_1 checkpoint) come back bit-exact; others get
+min/max rounding without any zero-point error.
 
 The matrices that produce the logits get 8-bit symmetric blocks instead (again exact for
 weights on such a grid, as GGUF Q8_0 embeddings are), and the token-embedding Gather shares
@@ -24,6 +24,8 @@ those 8-bit bytes when the embeddings are tied to the head.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -42,20 +44,21 @@ def _blocks(w: F32, block: int) -> tuple[F32, int]:
     return np.ascontiguousarray(padded.T.reshape(n, kb, block)), kb
 
 
-def quantize_4bit(w: F32, block: int) -> tuple[U8, F32, U8, F32]:
-    """(packed [N, KB, block/2], scales [N, KB], packed zero points [N, ceil(KB/2)], residue [KB, N])."""
-    b, kb = _blocks(w.astype(np.float32), block)
+def quantize_4bit(w: F32, block: int) -> tuple[U8, F32, F32]:
+    """(packed [N, KB, block/2], scales [N, KB], residue [KB, N]) with w = s * (q - 8) + residue.
+
+    Min/max rounding: q = round((w - min) / s), s = (max - min) / 15. Stored the way
+    MatMulNBits reads a block without zero points (implicit zero point 8); the block's
+    offset, min + 8 s, is the residue added back by the correction matmul.
+    """
+    b, _ = _blocks(w.astype(np.float32), block)
     lo, hi = b.min(axis=-1), b.max(axis=-1)
     scale = ((hi - lo) / 15.0).astype(np.float32)
-    scale[scale == 0] = 1.0  # a constant block: q = zp, the residue carries the value
-    zero = -lo / scale
-    q = np.clip(np.rint(b / scale[..., None] + zero[..., None]), 0, 15).astype(np.uint8)
-    zero_int = np.clip(np.rint(zero), 0, 15).astype(np.uint8)
-    residue = (-(zero - zero_int) * scale).astype(np.float32)  # [N, KB]
+    scale[scale == 0] = 1.0  # a constant block: q = 0, the residue carries the value
+    q = np.clip(np.rint((b - lo[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
+    residue = (lo + 8.0 * scale).astype(np.float32)  # [N, KB]
     packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-    zp = np.pad(zero_int, ((0, 0), (0, kb % 2)))
-    zp_packed = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
-    return packed, scale, zp_packed, np.ascontiguousarray(residue.T)
+    return packed, scale, np.ascontiguousarray(residue.T)
 
 
 def quantize_8bit(w: F32, block: int) -> tuple[U8, F32, U8]:
@@ -67,16 +70,13 @@ def quantize_8bit(w: F32, block: int) -> tuple[U8, F32, U8]:
     return q, scale, np.full(scale.shape, 128, dtype=np.uint8)
 
 
-def dequantize_4bit(packed: U8, scale: F32, zp_packed: U8, residue: F32, k: int) -> F32:
+def dequantize_4bit(packed: U8, scale: F32, residue: F32, k: int) -> F32:
     """Inverse of quantize_4bit, [K, N] (for tests and checks)."""
     n, kb, _ = packed.shape
     q = np.empty((n, kb, packed.shape[2] * 2), dtype=np.float32)
     q[..., 0::2] = packed & 0x0F
     q[..., 1::2] = packed >> 4
-    zp = np.empty((n, zp_packed.shape[1] * 2), dtype=np.float32)
-    zp[:, 0::2] = zp_packed & 0x0F
-    zp[:, 1::2] = zp_packed >> 4
-    w = scale[..., None] * (q - zp[:, :kb, None]) + residue.T[..., None]
+    w = scale[..., None] * (q - 8.0) + residue.T[..., None]
     return np.ascontiguousarray(w.reshape(n, -1)[:, :k].T).astype(np.float32)
 
 
@@ -117,8 +117,41 @@ class _Graph:
         return numpy_helper.to_array(init).astype(np.float32)
 
 
-def quantize_model(model: Any, *, block_size: int = 32, accuracy_level: int = 4, eight_bit_nodes: set[str]) -> Any:
-    """Rewrite `model` in place: 4-bit MatMuls with residue correction, 8-bit heads and embeddings."""
+LAYER_INDEX = re.compile(r"layers?\.(\d+)[./]")
+
+
+def layer_index(node_name: str) -> int | None:
+    """Transformer layer of an exported node (optimum names them /model/layers.N/..., /encoder/layer.N/...)."""
+    match = LAYER_INDEX.search(node_name)
+    return int(match.group(1)) if match else None
+
+
+def fp32_tail(names: list[str], layers: int) -> set[str]:
+    """Names of the nodes in the last `layers` transformer layers."""
+    indices = {i for i in map(layer_index, names) if i is not None}
+    if not indices or layers <= 0:
+        return set()
+    first = max(indices) - layers + 1
+    return {n for n in names if (layer_index(n) or -1) >= first}
+
+
+def quantize_model(
+    model: Any,
+    *,
+    block_size: int = 32,
+    accuracy_level: int = 4,
+    eight_bit_nodes: set[str],
+    head_accuracy_level: int | None = None,
+    fp32_compute_nodes: Collection[str] = (),
+) -> Any:
+    """Rewrite `model` in place: 4-bit MatMuls with residue correction, 8-bit heads and embeddings.
+
+    accuracy_level is MatMulNBits' compute type for the 4-bit layers (1: fp32, 4: int8
+    activations); head_accuracy_level the same for the 8-bit heads (default: accuracy_level);
+    fp32_compute_nodes are computed in fp32 whatever accuracy_level says. On SmolLM2 the int8
+    activations of the last layers cost most of the agreement (the hidden state there feeds
+    the logits); computing just those in fp32 recovers it at a fraction of the speed.
+    """
     from onnx import helper
 
     g = _Graph(model)
@@ -137,6 +170,8 @@ def quantize_model(model: Any, *, block_size: int = 32, accuracy_level: int = 4,
         used_weights.add(node.input[1])
         if node.name in eight_bit_nodes:
             q8, s8, z8 = quantize_8bit(w, block_size)
+            head_level = accuracy_level if head_accuracy_level is None else head_accuracy_level
+            head_attrs = attrs | {"accuracy_level": head_level}
             names = (
                 g.const(node.input[1] + "_q8", q8),
                 g.const(node.input[1] + "_s8", s8),
@@ -151,17 +186,18 @@ def quantize_model(model: Any, *, block_size: int = 32, accuracy_level: int = 4,
                     name=node.name + "_Q8",
                     domain=MS_DOMAIN,
                     bits=8,
-                    **attrs,
+                    **head_attrs,
                 )
             )
             continue
-        packed, scale, zp, residue = quantize_4bit(w, block_size)
+        if node.name in fp32_compute_nodes:
+            attrs["accuracy_level"] = 1
+        packed, scale, residue = quantize_4bit(w, block_size)
         q_out = node.output[0] + "_q4"
         inputs = [
             node.input[0],
             g.const(node.input[1] + "_q4", packed),
             g.const(node.input[1] + "_s4", scale),
-            g.const(node.input[1] + "_z4", zp),
         ]
         nodes.append(
             helper.make_node("MatMulNBits", inputs, [q_out], name=node.name + "_Q4", domain=MS_DOMAIN, bits=4, **attrs)
