@@ -29,7 +29,7 @@ from .config import CLUSTER_NAME, LOOPBACK, Settings, render_kwokctl_config
 from .kubeapi import ApiError, KubeAPI, Pki
 from .kubectl import find_kubectl
 from .nodes import POOL_LABEL, load_pools, node_manifests
-from .procs import is_ours, port_free, port_owner, processes_mentioning, read_pid_files, stop
+from .procs import cmdline, is_ours, port_free, port_owner, processes_mentioning, read_pid_files, stop
 from .versions import Versions, load_versions
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
@@ -408,11 +408,20 @@ def ensure_up(settings: Settings | None = None) -> Cluster:
 # ---------------------------------------------------------------- teardown
 
 
+# Clients first, then the API server, then etcd: stopped all at once, kube-apiserver spends
+# ~20 s retrying a vanished etcd before it exits; in this order the whole stop takes ~1.5 s.
+STOP_ORDER = (("kwok-controller", "kube-controller-manager", "kube-scheduler"), ("kube-apiserver",), ("etcd",))
+
+
 def _stop_processes(settings: Settings) -> list[int]:
     marker = str(settings.cluster_dir)
-    recorded = [pid for pid in read_pid_files(settings.cluster_dir / "pids").values() if is_ours(pid, marker)]
-    stray = processes_mentioning(marker, COMPONENTS)
-    return stop([*recorded, *stray])
+    named = {pid: name for name, pid in read_pid_files(settings.cluster_dir / "pids").items() if is_ours(pid, marker)}
+    for pid in processes_mentioning(marker, COMPONENTS):
+        named.setdefault(pid, Path(cmdline(pid).split(" ")[0]).name)
+    stopped: list[int] = []
+    for stage in STOP_ORDER:
+        stopped += stop([pid for pid, name in named.items() if name in stage])
+    return stopped + stop([pid for pid, name in named.items() if pid not in stopped])
 
 
 def _teardown(settings: Settings) -> list[int]:
