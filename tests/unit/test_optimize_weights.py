@@ -96,14 +96,3 @@ def test_quantized_graph_runs_on_onnxruntime_and_shares_tied_embeddings(tmp_path
     tolerance = 1e-3 if level == 0 else 5e-2  # level 4 quantizes activations to int8 as well
     assert np.allclose(got, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
 
-
-def test_fp32_tail_selects_the_last_layers_by_name() -> None:
-    names = [f"/model/layers.{i}/mlp/down_proj/MatMul" for i in range(6)] + ["/lm_head/MatMul", "/encoder/layer.3/x"]
-    assert weights.layer_index("/encoder/layer.3/attention/MatMul") == 3
-    assert weights.layer_index("/lm_head/MatMul") is None
-    assert weights.fp32_tail(names, 2) == {
-        "/model/layers.4/mlp/down_proj/MatMul",
-        "/model/layers.5/mlp/down_proj/MatMul",
-    }
-    assert weights.fp32_tail(names, 0) == set()
-    assert weights.fp32_tail(["/lm_head/MatMul"], 3) == set()

@@ -246,6 +246,7 @@ def _candidate_record(c: Candidate) -> dict[str, Any]:
         "prefillSpeedupB1": c.prefill_speedup_b1,
         "prefillSpeedupB8": c.prefill_speedup_b8,
         "decodeSpeedup": c.decode_speedup,
+        "requestSpeedup": c.request_speedup,
         "withinBudget": c.within_budget,
         "violations": c.violations,
     }
@@ -294,7 +295,7 @@ def _reference_candidate(run: _Run) -> Candidate:
         ones = evaluate.AccuracyFigures(cosine_similarity=1.0)
     c = _candidate("fp32", recipes.model_size(run.paths["fp32"]), ones, None)
     c.prefill_speedup_b1 = c.prefill_speedup_b8 = 1.0
-    c.decode_speedup = 1.0 if run.req.task == "text-generation" else None
+    c.decode_speedup = c.request_speedup = 1.0 if run.req.task == "text-generation" else None
     return c
 
 

@@ -9,8 +9,9 @@
 | int8-static-qdq            | quantize_static, QDQ, activations calibrated on text             | CPU/TRT |
 | int8-weight-only-b32       | MatMulNBits 8-bit blocks of 32, int8 compute (accuracy_level 4)  | CPU/GPU |
 | int4-rtn-b32               | MatMulNBits 4-bit blocks of 32 (onnxruntime's RTN), head 8-bit    | CPU/GPU |
-| int4-grid-b32              | MatMulNBits 4-bit, min/max grid reproduced exactly (see weights) | CPU/GPU |
-| int4-grid-b32-mixed        | the same, last 4 layers computed in fp32 instead of int8         | CPU/GPU |
+| int4-grid-b32              | MatMulNBits 4-bit min/max + exact block offsets (see weights),   | CPU/GPU |
+|                            | fp32 compute; 8-bit head and embeddings with int8 compute        |         |
+| int4-grid-b32-int8         | the same with int8 activations everywhere (accuracy_level 4)     | CPU/GPU |
 | fp16                       | float16 weights and compute, fp32 I/O                            | GPU     |
 
 Every int8/int4 recipe leaves the sensitive nodes alone or gives them 8 bits: the matrix that
@@ -81,14 +82,14 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "int4-grid-b32",
         "int4",
-        "MatMulNBits 4-bit min/max grid, block 32, 8-bit head and embeddings, int8 compute",
-        params={"block_size": 32, "accuracy_level": 4, "fp32_tail_layers": 0},
+        "MatMulNBits 4-bit min/max blocks of 32 + exact offsets, 8-bit head/embeddings, fp32 compute",
+        params={"block_size": 32, "accuracy_level": 1, "head_accuracy_level": 4},
     ),
     Recipe(
-        "int4-grid-b32-mixed",
+        "int4-grid-b32-int8",
         "int4",
-        "int4-grid-b32 with the last 4 layers computed in fp32",
-        params={"block_size": 32, "accuracy_level": 4, "fp32_tail_layers": 4},
+        "int4-grid-b32 with int8 activations in every layer (faster, less exact)",
+        params={"block_size": 32, "accuracy_level": 4, "head_accuracy_level": 4},
     ),
     Recipe("fp16", "fp16", "float16 weights and compute (GPU)", gpu_only=True),
 )
@@ -249,13 +250,12 @@ def _grid(src: Path, dst: Path, recipe: Recipe, exclude: list[str]) -> None:
     import onnx
 
     model = onnx.load(str(src))
-    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     weights.quantize_model(
         model,
         block_size=int(recipe.params["block_size"]),
         accuracy_level=int(recipe.params["accuracy_level"]),
+        head_accuracy_level=int(recipe.params["head_accuracy_level"]),
         eight_bit_nodes=set(exclude),
-        fp32_compute_nodes=weights.fp32_tail(matmuls, int(recipe.params["fp32_tail_layers"])),
     )
     save_model(model, dst)
 

@@ -24,8 +24,6 @@ those 8-bit bytes when the embeddings are tied to the head.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -117,24 +115,6 @@ class _Graph:
         return numpy_helper.to_array(init).astype(np.float32)
 
 
-LAYER_INDEX = re.compile(r"layers?\.(\d+)[./]")
-
-
-def layer_index(node_name: str) -> int | None:
-    """Transformer layer of an exported node (optimum names them /model/layers.N/..., /encoder/layer.N/...)."""
-    match = LAYER_INDEX.search(node_name)
-    return int(match.group(1)) if match else None
-
-
-def fp32_tail(names: list[str], layers: int) -> set[str]:
-    """Names of the nodes in the last `layers` transformer layers."""
-    indices = {i for i in map(layer_index, names) if i is not None}
-    if not indices or layers <= 0:
-        return set()
-    first = max(indices) - layers + 1
-    return {n for n in names if (layer_index(n) or -1) >= first}
-
-
 def quantize_model(
     model: Any,
     *,
@@ -142,15 +122,11 @@ def quantize_model(
     accuracy_level: int = 4,
     eight_bit_nodes: set[str],
     head_accuracy_level: int | None = None,
-    fp32_compute_nodes: Collection[str] = (),
 ) -> Any:
     """Rewrite `model` in place: 4-bit MatMuls with residue correction, 8-bit heads and embeddings.
 
     accuracy_level is MatMulNBits' compute type for the 4-bit layers (1: fp32, 4: int8
-    activations); head_accuracy_level the same for the 8-bit heads (default: accuracy_level);
-    fp32_compute_nodes are computed in fp32 whatever accuracy_level says. On SmolLM2 the int8
-    activations of the last layers cost most of the agreement (the hidden state there feeds
-    the logits); computing just those in fp32 recovers it at a fraction of the speed.
+    activations); head_accuracy_level the same for the 8-bit heads (default: accuracy_level).
     """
     from onnx import helper
 
@@ -190,8 +166,6 @@ def quantize_model(
                 )
             )
             continue
-        if node.name in fp32_compute_nodes:
-            attrs["accuracy_level"] = 1
         packed, scale, residue = quantize_4bit(w, block_size)
         q_out = node.output[0] + "_q4"
         inputs = [

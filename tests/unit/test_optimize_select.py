@@ -1,0 +1,47 @@
+"""The accuracy gate and the auto pick (pure)."""
+
+from __future__ import annotations
+
+from flotilla.api.v1alpha1 import AccuracyBudget
+from flotilla.optimize.evaluate import AccuracyFigures, SpeedFigures
+from flotilla.optimize.select import Candidate, attach_speedups, gate, pick, table
+
+REFERENCE = SpeedFigures(prefill_b1_s=1.0, prefill_b8_s=8.0, decode_tokens_per_s=10.0)
+
+
+def candidate(name: str, top1: float, ppl: float, speed: SpeedFigures, size: int = 100) -> Candidate:
+    c = Candidate(
+        name, "int4", size, AccuracyFigures(top1_agreement=top1, kl_divergence=0.01, perplexity_ratio=ppl), speed
+    )
+    attach_speedups(c, REFERENCE, 400)
+    c.violations = gate("text-generation", c.accuracy, AccuracyBudget())
+    return c
+
+
+def test_gate_per_task() -> None:
+    budget = AccuracyBudget(max_top1_disagreement=0.03, max_perplexity_increase=0.05, min_cosine_similarity=0.99)
+    assert gate("text-generation", AccuracyFigures(top1_agreement=0.97, perplexity_ratio=1.05), budget) == []
+    assert len(gate("text-generation", AccuracyFigures(top1_agreement=0.96, perplexity_ratio=1.06), budget)) == 2
+    assert gate("feature-extraction", AccuracyFigures(cosine_similarity=0.995), budget) == []
+    assert gate("feature-extraction", AccuracyFigures(cosine_similarity=0.98), budget) == ["cosine 0.9800 < 0.9900"]
+    assert gate("text-classification", AccuracyFigures(top1_agreement=0.9), budget) != []
+
+
+def test_pick_is_the_fastest_request_within_budget() -> None:
+    fast_wrong = candidate("fast", 0.90, 1.0, SpeedFigures(0.5, 4.0, 40.0))
+    decode_fast = candidate("decode", 0.98, 1.0, SpeedFigures(1.2, 9.0, 20.0))
+    prefill_fast = candidate("prefill", 0.99, 1.0, SpeedFigures(0.6, 5.0, 11.0))
+    assert not fast_wrong.within_budget
+    # 64 generated tokens dominate a request: the decode-fast candidate wins.
+    assert decode_fast.request_speedup is not None and prefill_fast.request_speedup is not None
+    assert decode_fast.request_speedup > prefill_fast.request_speedup
+    assert pick([fast_wrong, decode_fast, prefill_fast]) is decode_fast
+    assert pick([fast_wrong]) is None
+    assert decode_fast.size_ratio == 0.25
+
+
+def test_table_lists_every_candidate() -> None:
+    text = table([candidate("a", 0.99, 1.0, REFERENCE), candidate("b", 0.5, 2.0, REFERENCE)])
+    lines = text.splitlines()
+    assert lines[0].startswith("recipe") and lines[1].startswith("a ") and lines[1].endswith("yes")
+    assert lines[2].startswith("b ") and lines[2].endswith("no")
