@@ -13,7 +13,7 @@ LOCAL := $(PY) -m localcluster
 export PYTHONPATH := $(CURDIR)/e2e
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv cluster-binaries cluster-up cluster-down cluster-status crds lint typecheck \
+.PHONY: help venv lock cluster-binaries cluster-up cluster-down cluster-status crds lint typecheck \
         test test-unit test-integration test-e2e demo demo-down bench clean
 
 help:
@@ -35,10 +35,11 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 venv: $(STAMP)
 
-requirements/lock.txt: pyproject.toml
-	@echo "[venv] pyproject.toml changed: re-locking"
-	uv pip compile pyproject.toml --extra optimize --extra serve --extra dev --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_35 -o $@
+# Re-lock after changing dependencies in pyproject.toml (explicit: file times in a fresh
+# clone say nothing about which file is newer).
+lock: $(STAMP)
+	@$(UV) pip compile pyproject.toml --extra optimize --extra serve --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_35 -o requirements/lock.txt
 
 cluster-binaries: $(STAMP)
 	@$(LOCAL) build
