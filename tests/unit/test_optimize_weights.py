@@ -73,7 +73,7 @@ def _toy_model(k: int, n: int, vocab: int, tied: np.ndarray, body: np.ndarray) -
 def test_quantized_graph_runs_on_onnxruntime_and_shares_tied_embeddings(tmp_path: Path, level: int) -> None:
     import onnxruntime as ort
 
-    k, vocab = 64, 1024
+    k, vocab = 64, 4096
     rng = np.random.default_rng(3)
     q8 = rng.integers(-127, 128, (vocab, k // 32, 32))
     q8[..., 0] = 127
@@ -95,4 +95,7 @@ def test_quantized_graph_runs_on_onnxruntime_and_shares_tied_embeddings(tmp_path
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"ids": ids})[0]
     tolerance = 1e-3 if level == 0 else 5e-2  # level 4 quantizes activations to int8 as well
     assert np.allclose(got, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
-
+    if level == 0:
+        # The head's int8 compute is approximate, but its top candidates are recomputed exactly.
+        assert (got.argmax(-1) == expected.argmax(-1)).all()
+        assert np.allclose(got.max(-1), expected.max(-1), rtol=1e-5, atol=1e-5)

@@ -32,6 +32,8 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 MS_DOMAIN = "com.microsoft"
+SMALL_HEAD = 4096  # output width below which a head (a classifier) stays fp32
+RERANK_TOP_K = 16
 
 
 def _blocks(w: F32, block: int) -> tuple[F32, int]:
@@ -122,11 +124,13 @@ def quantize_model(
     accuracy_level: int = 4,
     eight_bit_nodes: set[str],
     head_accuracy_level: int | None = None,
+    rerank: int = RERANK_TOP_K,
 ) -> Any:
     """Rewrite `model` in place: 4-bit MatMuls with residue correction, 8-bit heads and embeddings.
 
     accuracy_level is MatMulNBits' compute type for the 4-bit layers (1: fp32, 4: int8
     activations); head_accuracy_level the same for the 8-bit heads (default: accuracy_level).
+    rerank > 0 recomputes the top `rerank` logits of a large 8-bit head exactly (see _rerank).
     """
     from onnx import helper
 
@@ -144,6 +148,10 @@ def quantize_model(
         k, n = w.shape
         attrs: dict[str, Any] = {"K": k, "N": n, "block_size": block_size, "accuracy_level": accuracy_level}
         used_weights.add(node.input[1])
+        if node.name in eight_bit_nodes and n < SMALL_HEAD:
+            used_weights.discard(node.input[1])
+            nodes.append(node)  # a classifier head: tiny, and it decides the label; keep fp32
+            continue
         if node.name in eight_bit_nodes:
             q8, s8, z8 = quantize_8bit(w, block_size)
             head_level = accuracy_level if head_accuracy_level is None else head_accuracy_level
@@ -154,17 +162,20 @@ def quantize_model(
                 g.const(node.input[1] + "_z8", z8),
             )
             head_bytes[node.input[1]] = (*names, w)
+            approx = node.output[0] + "_approx" if rerank else node.output[0]
             nodes.append(
                 helper.make_node(
                     "MatMulNBits",
                     [node.input[0], *names],
-                    list(node.output),
+                    [approx],
                     name=node.name + "_Q8",
                     domain=MS_DOMAIN,
                     bits=8,
                     **head_attrs,
                 )
             )
+            if rerank:
+                nodes += _rerank(g, node, approx, names, (n, k), block_size, rerank)
             continue
         packed, scale, residue = quantize_4bit(w, block_size)
         q_out = node.output[0] + "_q4"
@@ -199,6 +210,51 @@ def quantize_model(
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return model
+
+
+def _rerank(
+    g: _Graph, node: Any, approx: str, q8: tuple[str, str, str], shape: tuple[int, int], block: int, top_k: int
+) -> list[Any]:
+    """Exact logits for the `top_k` best tokens of the fast 8-bit head, scattered into its output.
+
+    The head's int8-activation kernel (fast) perturbs logits by a few tenths, enough to flip
+    near-ties such as the first token of an answer. Its 8-bit weights themselves are exact
+    (GGUF Q8_0) or nearly so, so the candidates' logits are recomputed in fp32 from the same
+    bytes (GatherBlockQuantized de-quantizes rows) and written back: greedy decoding, top-1
+    agreement and the probability mass that matters see fp32-compute logits, at the cost of
+    top_k x hidden multiply-adds per position.
+    """
+    from onnx import helper
+
+    n, k = shape
+    q_name, s_name, z_name = q8
+    base = node.name.strip("/").replace("/", "_") + "_rerank"
+    view = g.const(base + "_shape", np.array([n, k], dtype=np.int64))
+    top = g.const(base + "_k", np.array([top_k], dtype=np.int64))
+    axis = g.const(base + "_axis", np.array([-1], dtype=np.int64))
+    axis2 = g.const(base + "_axis2", np.array([-2], dtype=np.int64))
+    t = {x: f"{base}_{x}" for x in ("table", "values", "ids", "rows", "hidden", "prod", "exact")}
+    return [
+        helper.make_node("Reshape", [q_name, view], [t["table"]], name=base + "_Table"),
+        helper.make_node("TopK", [approx, top], [t["values"], t["ids"]], name=base + "_TopK", axis=-1),
+        helper.make_node(
+            "GatherBlockQuantized",
+            [t["table"], t["ids"], s_name, z_name],
+            [t["rows"]],
+            name=base + "_Rows",
+            domain=MS_DOMAIN,
+            bits=8,
+            block_size=block,
+            gather_axis=0,
+            quantize_axis=1,
+        ),
+        helper.make_node("Unsqueeze", [node.input[0], axis2], [t["hidden"]], name=base + "_Hidden"),
+        helper.make_node("Mul", [t["rows"], t["hidden"]], [t["prod"]], name=base + "_Mul"),
+        helper.make_node("ReduceSum", [t["prod"], axis], [t["exact"]], name=base + "_Dot", keepdims=0),
+        helper.make_node(
+            "ScatterElements", [approx, t["ids"], t["exact"]], list(node.output), name=base + "_Scatter", axis=-1
+        ),
+    ]
 
 
 def _quantize_embedding(
