@@ -53,6 +53,11 @@ class OperatorConfig(BaseModel):
     optimizer_memory: str = Field(default="8Gi", description="Memory request (and limit) of the optimization Job.")
     optimizer_deadline_seconds: int = Field(default=7200, ge=60, description="activeDeadlineSeconds of the Job.")
     hf_offline: bool = Field(default=False, description="Set HF_HUB_OFFLINE=1 in optimization Jobs.")
+    reuse_exports: bool = Field(
+        default=True,
+        description="Keep fp32 ONNX exports in the artifact store (.exports/), so a new precision or "
+        "budget for the same source re-quantizes without exporting again.",
+    )
     job_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of optimization Jobs.")
     serving_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of serving pods.")
     termination_grace_seconds: int = Field(default=30, ge=1, le=3600, description="Grace period of serving pods.")

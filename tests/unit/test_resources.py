@@ -24,6 +24,7 @@ def test_job_runs_the_optimizer_with_the_spec_arguments() -> None:
     job = optimizer.build_job(m, key, CONFIG)
     c = container(job)
     args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
+    assert args["--export-cache"] == "/artifacts/.exports"
     assert c["command"] == ["python", "-m", "flotilla", "optimize"]
     assert args["--source"] == "hf://org/m" and args["--revision"] == "abc123"
     assert args["--task"] == "feature-extraction" and args["--precision"] == "int8"

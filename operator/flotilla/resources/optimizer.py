@@ -23,7 +23,7 @@ CONTAINER = "optimizer"
 PERMANENT_EXIT_CODES = [2, 3, 5]
 
 
-def optimizer_args(model: SmallModel, key: str) -> list[str]:
+def optimizer_args(model: SmallModel, key: str, config: OperatorConfig) -> list[str]:
     spec = model.spec
     budget = spec.optimize.accuracy_budget
     args = [
@@ -41,6 +41,8 @@ def optimizer_args(model: SmallModel, key: str) -> list[str]:
         args += ["--revision", spec.source.revision]
     if spec.serving.gpu.count > 0:
         args.append("--gpu")  # the artifact's own config.pbtxt is the GPU variant
+    if config.reuse_exports:
+        args += ["--export-cache", f"{ARTIFACT_MOUNT}/.exports"]
     return args
 
 
@@ -97,7 +99,7 @@ def _container(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
         "name": CONTAINER,
         "image": config.optimizer_image,
         "command": ["python", "-m", "flotilla", "optimize"],
-        "args": optimizer_args(model, key),
+        "args": optimizer_args(model, key, config),
         "env": _env(config),
         "resources": {
             "requests": {"cpu": config.optimizer_cpu, "memory": config.optimizer_memory},
