@@ -16,4 +16,13 @@ __version__ = "0.1.0"
 from .config import DEFAULT_NAME, NODE_LABEL, NODE_SELECTOR
 from .handle import ProcessNode, ProcessNodeError, start, stop_detached
 
-__all__ = ["DEFAULT_NAME", "NODE_LABEL", "NODE_SELECTOR", "ProcessNode", "ProcessNodeError", "__version__", "start", "stop_detached"]
+__all__ = [
+    "DEFAULT_NAME",
+    "NODE_LABEL",
+    "NODE_SELECTOR",
+    "ProcessNode",
+    "ProcessNodeError",
+    "__version__",
+    "start",
+    "stop_detached",
+]

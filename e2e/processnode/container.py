@@ -208,9 +208,16 @@ class ContainerRunner:
             return handle.tell()
 
     async def stop(self, grace: float, reason: str = "") -> None:
-        """Stop for good: SIGTERM to the process group, SIGKILL after the grace period."""
+        """Stop for good: the preStop sleep action first (as the kubelet runs it, within the
+        grace period), then SIGTERM to the process group and SIGKILL when the grace runs out."""
         self.stopping = True
-        await self.kill(grace, reason or f"Stopping container {self.name}")
+        pause = prestop_sleep_seconds(self.spec)
+        if pause and self.spawned is not None and self.spawned.process.returncode is None:
+            pause = min(pause, grace)
+            self._event("Normal", "PreStop", f"preStop sleep {pause:g}s before stopping {self.name}")
+            await asyncio.sleep(pause)
+            grace -= pause
+        await self.kill(max(grace, 0.0), reason or f"Stopping container {self.name}")
 
     async def kill(self, grace: float, message: str) -> None:
         spawned = self.spawned
@@ -312,3 +319,10 @@ class ContainerRunner:
         self.record.set_terminated(
             Terminated(code, exit_reason(code), "", self.record.started_at, now(), signal, f"process://{spawned.pid}")
         )
+
+
+def prestop_sleep_seconds(spec: dict[str, Any]) -> float:
+    """lifecycle.preStop.sleep.seconds (the kubelet's built-in sleep action); 0 when unset.
+    An exec or httpGet preStop handler is not run by this node."""
+    action = ((spec.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+    return float(action.get("seconds") or 0)

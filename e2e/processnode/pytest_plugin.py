@@ -22,7 +22,9 @@ from .handle import ProcessNode, ProcessNodeError, start
 def process_node(cluster: Any) -> Iterator[ProcessNode]:
     name = os.environ.get("FLOTILLA_PROCESS_NODE", "local-0")
     try:
-        node = start(cluster, name=name)
+        # More than this machine's cores and memory: an optimizer Job (2 CPU / 8Gi requested)
+        # and Triton pods of two revisions must fit side by side; no limit is enforced anyway.
+        node = start(cluster, name=name, cpu="16", memory="64Gi")
     except ProcessNodeError as err:
         pytest.fail(f"the process node did not start: {err}", pytrace=False)
     yield node

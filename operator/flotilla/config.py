@@ -60,7 +60,7 @@ class OperatorConfig(BaseModel):
     )
     job_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of optimization Jobs.")
     serving_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of serving pods.")
-    termination_grace_seconds: int = Field(default=30, ge=1, le=3600, description="Grace period of serving pods.")
+    termination_grace_seconds: int = Field(default=30, ge=6, le=3600, description="Grace period of serving pods.")
 
     @field_validator("namespaces")
     @classmethod

@@ -757,3 +757,11 @@ def test_agent_relists_after_a_watch_error_and_stops_pods_deleted_meanwhile(
     assert runner_a.updates >= 2 and not runner_a.vanished_called
     assert runner_b.vanished_called  # deleted while the watch was down: its processes are stopped
     assert not (tmp_path / "pods" / "uid-stale").exists()
+
+
+def test_prestop_sleep_action_is_read_from_the_container_spec() -> None:
+    from processnode.container import prestop_sleep_seconds
+
+    assert prestop_sleep_seconds({"lifecycle": {"preStop": {"sleep": {"seconds": 5}}}}) == 5.0
+    assert prestop_sleep_seconds({"lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}) == 0.0
+    assert prestop_sleep_seconds({}) == 0.0

@@ -120,3 +120,9 @@ def test_job_arguments_give_the_optimizer_the_operators_artifact_key() -> None:
         args = optimizer.build_job(m, key, CONFIG)["spec"]["template"]["spec"]["containers"][0]["args"]
         request = _request(build_parser().parse_args(args))
         assert request.key() == key  # type: ignore[attr-defined]
+
+
+def test_serving_pods_drain_before_triton_stops() -> None:
+    c = container(serving.build_deployment(model(), "rev0000000", "k" * 20, "chat", CONFIG))
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == serving.PRESTOP_SLEEP_SECONDS
+    assert f"--exit-timeout-secs={CONFIG.termination_grace_seconds - serving.PRESTOP_SLEEP_SECONDS}" in c["args"]

@@ -26,6 +26,9 @@ from .meta import Obj, config_map_name, deployment_name, labels, object_meta
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_REPOSITORY = "/models"
 CONTAINER = "triton"
+# Endpoint removal reaches clients and proxies a moment after a pod starts terminating; the
+# pod keeps serving that long before Triton gets SIGTERM, so no request meets a closed port.
+PRESTOP_SLEEP_SECONDS = 5
 
 
 def server_selector(model: SmallModel) -> dict[str, str]:
@@ -69,8 +72,8 @@ def triton_args(model: SmallModel, config: OperatorConfig) -> list[str]:
         "--http-address=$(POD_IP)",
         "--grpc-address=$(POD_IP)",
         "--metrics-address=$(POD_IP)",
-        # Finish in-flight requests within the pod's grace period.
-        f"--exit-timeout-secs={config.termination_grace_seconds}",
+        # Finish in-flight requests within what the grace period leaves after the preStop sleep.
+        f"--exit-timeout-secs={max(config.termination_grace_seconds - PRESTOP_SLEEP_SECONDS, 1)}",
     ]
 
 
@@ -122,6 +125,7 @@ def _container(model: SmallModel, key: str, model_dir: str, config: OperatorConf
         "startupProbe": _probe("/v2/health/ready", 5, 120),
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "volumeMounts": [
             {
                 "name": "artifact",
