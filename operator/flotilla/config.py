@@ -58,6 +58,11 @@ class OperatorConfig(BaseModel):
         description="Keep fp32 ONNX exports in the artifact store (.exports/), so a new precision or "
         "budget for the same source re-quantizes without exporting again.",
     )
+    optimizer_extra_args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments for every optimizer run, e.g. --eval-limit,64 to evaluate on fewer "
+        "sentences on a small test cluster (not part of the artifact key).",
+    )
     job_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of optimization Jobs.")
     serving_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of serving pods.")
     termination_grace_seconds: int = Field(default=30, ge=6, le=3600, description="Grace period of serving pods.")

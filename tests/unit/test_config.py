@@ -27,6 +27,12 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert config.job_node_selector == {"pool": "cpu"}
 
 
+def test_list_settings_from_environment() -> None:
+    config = load_config({"FLOTILLA_OPTIMIZER_EXTRA_ARGS": "--eval-limit,64", "FLOTILLA_NAMESPACES": "a, b"})
+    assert config.optimizer_extra_args == ["--eval-limit", "64"]
+    assert config.namespaces == ["a", "b"]
+
+
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [

@@ -43,7 +43,7 @@ def optimizer_args(model: SmallModel, key: str, config: OperatorConfig) -> list[
         args.append("--gpu")  # the artifact's own config.pbtxt is the GPU variant
     if config.reuse_exports:
         args += ["--export-cache", f"{ARTIFACT_MOUNT}/.exports"]
-    return args
+    return [*args, *config.optimizer_extra_args]
 
 
 def _gpu_placement(model: SmallModel) -> Obj:
