@@ -1,3 +1,4 @@
-"""End-to-end tests share the local-cluster fixtures (`cluster`, `namespace`) with tests/."""
+"""End-to-end tests share the local-cluster fixtures (`cluster`, `namespace`) with tests/,
+and run pods for real on the process node (`process_node`)."""
 
-pytest_plugins = ["localcluster.pytest_plugin"]
+pytest_plugins = ["localcluster.pytest_plugin", "processnode.pytest_plugin"]
