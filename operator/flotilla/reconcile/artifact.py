@@ -99,6 +99,11 @@ def artifact_state(model: SmallModel, key: str, observed: Observed) -> ArtifactS
     return Building(name, exists=False, unschedulable=None)
 
 
+def _rounded(values: dict[str, float | None], digits: int) -> dict[str, float | None]:
+    """Figures as people read them (kubectl prints status numbers verbatim)."""
+    return {k: (round(v, digits) if v is not None else None) for k, v in values.items()}
+
+
 def artifact_status(state: ArtifactState, key: str) -> ArtifactStatus:
     if not isinstance(state, Ready):
         return ArtifactStatus(key=key, job_name=state.job)
@@ -112,9 +117,9 @@ def artifact_status(state: ArtifactState, key: str) -> ArtifactStatus:
             "precision": s.precision,
             "recipe": s.recipe,
             "size_bytes": s.size_bytes,
-            "size_ratio": s.size_ratio,
-            "accuracy": s.accuracy.model_dump() if s.accuracy else None,
-            "speedup": s.speedup.model_dump() if s.speedup else None,
+            "size_ratio": round(s.size_ratio, 3) if s.size_ratio is not None else None,
+            "accuracy": _rounded(s.accuracy.model_dump(), 4) if s.accuracy else None,
+            "speedup": _rounded(s.speedup.model_dump(), 2) if s.speedup else None,
             "job_name": state.job,
         }
     )
