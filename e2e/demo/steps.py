@@ -139,14 +139,17 @@ def _condition(demo: Demo, type_: str) -> dict[str, Any]:
 
 
 class LogTail:
-    """Prints new lines of the newest log file matching a glob (a pod's container log)."""
+    """Prints the interesting new lines of the newest log file matching a glob (a pod's
+    container log), ignoring files older than the tail itself (an earlier run's pod)."""
 
-    def __init__(self, directory: Path, pattern: str) -> None:
-        self.directory, self.pattern, self.offset = directory, pattern, 0
+    def __init__(self, directory: Path, pattern: str, keep: Callable[[str], bool]) -> None:
+        self.directory, self.pattern, self.keep, self.offset = directory, pattern, keep, 0
         self.path: Path | None = None
+        self.since = time.time()
 
     def __call__(self) -> None:
-        files = sorted(self.directory.glob(self.pattern), key=lambda p: p.stat().st_mtime)
+        fresh = [p for p in self.directory.glob(self.pattern) if p.stat().st_mtime >= self.since]
+        files = sorted(fresh, key=lambda p: p.stat().st_mtime)
         if not files:
             return
         if files[-1] != self.path:
@@ -154,13 +157,22 @@ class LogTail:
         with files[-1].open(errors="replace") as log:
             log.seek(self.offset)
             for line in log.read().splitlines():
-                if line.strip():
+                if line.strip() and self.keep(line):
                     print(f"    | {line[:160]}", flush=True)
             self.offset = log.tell()
 
 
+def _optimizer_line(line: str) -> bool:
+    """The optimizer's own progress lines, and anything that looks like a failure."""
+    return line.startswith("[optimize") or "Error" in line or "Traceback" in line
+
+
+def _triton_line(line: str) -> bool:
+    return "successfully loaded" in line or "Started" in line or line.startswith("E")
+
+
 def wait_optimized(demo: Demo) -> None:
-    tail = LogTail(demo.node_state / "logs", f"{NAMESPACE}_{MODEL}-opt-*_optimizer.log")
+    tail = LogTail(demo.node_state / "logs", f"{NAMESPACE}_{MODEL}-opt-*_optimizer.log", _optimizer_line)
 
     def optimized() -> bool:
         cond = _condition(demo, "Optimized")
@@ -174,7 +186,7 @@ def wait_optimized(demo: Demo) -> None:
 
 
 def wait_ready(demo: Demo) -> None:
-    tail = LogTail(demo.node_state / "logs", f"{NAMESPACE}_{MODEL}-*_triton.log")
+    tail = LogTail(demo.node_state / "logs", f"{NAMESPACE}_{MODEL}-*_triton.log", _triton_line)
 
     def ready() -> bool:
         cond = _condition(demo, "Ready")
