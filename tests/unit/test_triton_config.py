@@ -88,3 +88,13 @@ IO = 'input [{ name: "a" data_type: TYPE_FP32 dims: [ 1 ] }]\noutput [{ name: "b
 def test_validate_rejects(text: str, needle: str) -> None:
     with pytest.raises(ModelConfigError, match=needle):
         validate(text)
+
+
+def test_model_py_chooses_its_execution_provider() -> None:
+    from flotilla.triton.python_model import choose_provider
+
+    trt = {"gpu_provider": "TensorrtExecutionProvider"}
+    assert choose_provider("auto", trt, on_gpu=True) == "TensorrtExecutionProvider"
+    assert choose_provider("auto", {}, on_gpu=True) == "CUDAExecutionProvider"
+    assert choose_provider("auto", trt, on_gpu=False) == "CPUExecutionProvider"
+    assert choose_provider("CUDAExecutionProvider", trt, on_gpu=True) == "CUDAExecutionProvider"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,9 @@ def make_session(onnx_path: Path, provider: str = CPU, intra_op_threads: int = 0
     options.inter_op_num_threads = 1
     available = ort.get_available_providers()
     providers: list[Any] = []
+    if provider != CPU and provider not in available:
+        # Visible in Triton's log: a GPU config on an onnxruntime without that provider.
+        print(f"flotilla model.py: {provider} not in onnxruntime {available}; using CPU", file=sys.stderr)
     if provider != CPU and provider in available:
         provider_options: dict[str, Any] = {"device_id": device_id}
         if provider == "TensorrtExecutionProvider":
