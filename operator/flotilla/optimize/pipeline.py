@@ -374,7 +374,9 @@ def _optimize(
         "versions": library_versions(),
         "summary": json.loads(summary.model_dump_json(by_alias=True, exclude_none=True)),
     }
-    config_text = repository.render_default_config(req.task, req.gpu or req.target == "tensorrt")
+    # fp16 and TensorRT artifacts only make sense on a GPU: ship the GPU variant for them.
+    gpu_config = req.gpu or req.target == "tensorrt" or best.precision == "fp16"
+    config_text = repository.render_default_config(req.task, gpu_config)
 
     def fill(version_dir: Path) -> None:
         repository.write_model_dir(version_dir, onnx_path, exported.directory, exported.metadata, move=True)
