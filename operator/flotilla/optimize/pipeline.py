@@ -211,7 +211,13 @@ def _cached_export(source: Source, task: str, cache: Path) -> Exported:
         with step(f"export {task} to ONNX (cached in {directory})"), repository.disk_errors("export"):
             exported = export(source, task, partial)
             (partial / "export-metadata.json").write_text(json.dumps(exported.metadata))
-            partial.rename(directory)
+            try:
+                partial.rename(directory)
+            except OSError:
+                # Another Job of the same source finished its export first: use that one.
+                if not meta_file.is_file():
+                    raise
+                log(f"export {task}: another run cached it first; using {directory}")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return Exported(directory, task, exported.model_type, exported.metadata)
