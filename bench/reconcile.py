@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 from lightkube import AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
@@ -119,6 +120,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         total = settle(operator)
         assert operator.pid is not None
         seconds = done - started
+        cpu = psutil.Process(operator.pid).cpu_times()
         return {
             "benchmark": "reconcile",
             "objects": args.count,
@@ -132,6 +134,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for c in ("kopf", "lightkube")
             },
             "operator_peak_rss_mb": round(peak_rss_mb(operator.pid), 1),
+            "operator_cpu_seconds": round(cpu.user + cpu.system, 1),
             "workers": args.workers,
         }
     finally:

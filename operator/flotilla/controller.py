@@ -19,6 +19,7 @@ from flotilla.reconcile import Context, Observed, Plan, plan
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
+KICK_DEBOUNCE_SECONDS = 0.5
 
 
 def render_config(model: SmallModel, summary: ArtifactSummary) -> str:
@@ -147,7 +148,9 @@ class Controller:
             )
             if stopped:
                 break
-            await asyncio.sleep(0.05)  # let a burst of child events land in the indexes first
+            # Coalesce a burst of child events (a Job and its pod appear and change within a
+            # second) into one reconcile; the model's own changes do not wait for this.
+            await asyncio.sleep(KICK_DEBOUNCE_SECONDS)
             try:
                 await self.reconcile(body, observed())
                 failures = 0

@@ -1,6 +1,9 @@
 """Every kopf decorator of the operator. Handlers only parse what kopf hands them and
 delegate to the Controller (kept in kopf's memo); no decisions are made here.
 
+Every handler is a coroutine: kopf runs plain functions in a thread pool, which costs a
+thread hop per event on the hot path (each child event hits an index and a kick).
+
 Children are indexed in memory (kopf indexes: kopf fills them before any handler runs, so a
 restarted operator sees the Jobs it already created), and each child event wakes its
 SmallModel's loop.
@@ -41,7 +44,7 @@ FINALIZE_RETRIES = 60  # x 2 s: how long deletion waits for the model's pods to 
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -65,29 +68,29 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD)
-def jobs(body: kopf.Body, **_: Any) -> dict[Key, JobView]:
+async def jobs(body: kopf.Body, **_: Any) -> dict[Key, JobView]:
     return {_owner(body): JobView.from_object(body)}
 
 
 @kopf.index("v1", "pods", labels=CHILD)
-def pods(body: kopf.Body, **_: Any) -> dict[Key, PodView]:
+async def pods(body: kopf.Body, **_: Any) -> dict[Key, PodView]:
     return {_owner(body): PodView.from_object(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=CHILD)
-def deployments(body: kopf.Body, **_: Any) -> dict[Key, DeploymentView]:
+async def deployments(body: kopf.Body, **_: Any) -> dict[Key, DeploymentView]:
     return {_owner(body): DeploymentView.from_object(body)}
 
 
 @kopf.index("v1", "services", labels=CHILD)
 @kopf.index("v1", "configmaps", labels=CHILD)
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD)
-def objects(body: kopf.Body, **_: Any) -> dict[Key, ObjectView]:
+async def objects(body: kopf.Body, **_: Any) -> dict[Key, ObjectView]:
     return {_owner(body): ObjectView.from_object(body)}
 
 
 @kopf.index("v1", "persistentvolumeclaims")
-def claims(body: kopf.Body, **_: Any) -> dict[Key, bool]:
+async def claims(body: kopf.Body, **_: Any) -> dict[Key, bool]:
     return {(body.metadata.namespace or "", body.metadata.name or ""): True}
 
 
@@ -120,7 +123,7 @@ def _indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD)
 @kopf.on.event("v1", "pods", labels=CHILD)
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD)
-def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.kick(*_owner(body))
 
 
