@@ -33,9 +33,11 @@ class OperatorConfig(BaseModel):
         description="Image of the optimization Job (images/optimizer).",
     )
     triton_image: str = Field(
-        default="nvcr.io/nvidia/tritonserver:25.10-py3",
+        # NVIDIA's tritonserver:25.10-py3 plus what the python-backend model.py imports
+        # (onnxruntime, tokenizer, numpy < 2): images/triton/Dockerfile.
+        default="ghcr.io/flotilla-dev/flotilla-triton:0.1.0",
         pattern=IMAGE,
-        description="Triton Inference Server image of the serving pods.",
+        description="Triton Inference Server image of the serving pods (images/triton).",
     )
     artifact_pvc: str = Field(
         default="flotilla-artifacts",
