@@ -23,6 +23,7 @@ import psutil
 from lightkube import AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
+from lightkube.types import PatchType
 
 from flotilla.api.v1alpha1 import GROUP, KIND, LABEL_MANAGED_BY, PLURAL, VERSION
 from flotilla.testing import OperatorProcess
@@ -77,6 +78,21 @@ async def wait_for_jobs(client: AsyncClient, namespace: str, count: int, timeout
         if len(seen) < count:
             await asyncio.sleep(0.5)
     return time.monotonic()
+
+
+async def release(client: AsyncClient, namespace: str, concurrency: int) -> None:
+    """Drop the operator's finalizers: with the operator stopped, nothing else would, and
+    the namespace would stay Terminating (and keep the API server busy) forever."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(name: str) -> None:
+        async with gate:
+            await client.patch(
+                SmallModel, name, {"metadata": {"finalizers": None}}, namespace=namespace, patch_type=PatchType.MERGE
+            )
+
+    names = [m.metadata.name async for m in client.list(SmallModel, namespace=namespace)]  # type: ignore[union-attr]
+    await asyncio.gather(*(one(n) for n in names if n))
 
 
 def settle(operator: OperatorProcess, quiet_s: float = 3.0, timeout: float = 120.0) -> float:
@@ -139,6 +155,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         operator.stop()
+        await release(client, namespace, args.concurrency)
         await client.close()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 

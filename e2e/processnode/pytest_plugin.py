@@ -3,7 +3,7 @@
 Register with `pytest_plugins = ["processnode.pytest_plugin"]` (beside
 "localcluster.pytest_plugin"). `process_node` (session) starts one agent for the session's
 cluster and stops it at the end, deleting its Node so that pods still bound to it are
-garbage-collected. FLOTILLA_PROCESS_NODE names the node (default local-0); pods select it
+garbage-collected. FLOTILLA_PROCESS_NODE names the node (default local-test); pods select it
 with `process_node.node_selector`.
 """
 
@@ -20,7 +20,8 @@ from .handle import ProcessNode, ProcessNodeError, start
 
 @pytest.fixture(scope="session")
 def process_node(cluster: Any) -> Iterator[ProcessNode]:
-    name = os.environ.get("FLOTILLA_PROCESS_NODE", "local-0")
+    # Not local-0: the demo's node may be running beside the tests on the same cluster.
+    name = os.environ.get("FLOTILLA_PROCESS_NODE", "local-test")
     try:
         # More than this machine's cores and memory: an optimizer Job (2 CPU / 8Gi requested)
         # and Triton pods of two revisions must fit side by side; no limit is enforced anyway.
