@@ -128,6 +128,7 @@ def test_operator_runs_under_the_chart_rbac(
         events = crd.kubectl_json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=rbac")
         assert "OptimizationStarted" in [e["reason"] for e in events["items"]]
     finally:
+        crd.kubectl("delete", "smallmodel", "rbac", "-n", namespace, "--timeout=60s", check=False)  # finalizer
         operator.stop()
     log = operator.log()
     assert "403" not in log and "Forbidden" not in log and "forbidden" not in log, log[-3000:]
