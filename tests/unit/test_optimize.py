@@ -280,6 +280,80 @@ def test_feature_extraction_artifact(embedder_artifact: Any) -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+class _FakeTensor:
+    """What model.py uses of triton_python_backend_utils.Tensor."""
+
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _FakeResponse:
+    def __init__(self, output_tensors: list[_FakeTensor] | None = None, error: Any = None) -> None:
+        self.outputs = {t.name: t.array for t in output_tensors or []}
+        self.error = error
+
+
+def _fake_pb_utils() -> Any:
+    """A stand-in for the module that exists only inside Triton's python-backend stub."""
+    import types
+
+    return types.SimpleNamespace(
+        Tensor=_FakeTensor,
+        InferenceResponse=_FakeResponse,
+        TritonError=str,
+        get_input_tensor_by_name=lambda request, name: request.get(name),
+    )
+
+
+def test_triton_execute_runs_a_dynamic_batch_as_one_onnxruntime_call(
+    embedder_artifact: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The point of dynamic batching: the requests of one execute() share one session.run."""
+    import importlib.util
+    import sys
+
+    out, _, _ = embedder_artifact
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    spec = importlib.util.spec_from_file_location("shipped_model", out / "emb" / "1" / "model.py")
+    assert spec is not None and spec.loader is not None
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    model = shipped.TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"max_batch_size": 8, "parameters": {}})})
+    runs: list[int] = []
+    session = model.engine.session
+    real_run = session.run
+
+    class CountingSession:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(session, name)
+
+        def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> Any:
+            runs.append(len(feeds["input_ids"]))
+            return real_run(outputs, feeds)
+
+    model.engine.session = CountingSession()
+
+    def request(*texts: str) -> dict[str, _FakeTensor]:
+        return {"text": _FakeTensor("text", np.array([[t.encode()] for t in texts], dtype=np.object_))}
+
+    responses = model.execute([request("the cat"), request("a dog and the cat", "dogs"), {}, request("cat")])
+    assert runs == [4]  # four texts from three good requests, one onnxruntime call
+    assert [r.error is None for r in responses] == [True, True, False, True]
+    assert [r.outputs["embedding"].shape for r in (responses[0], responses[1], responses[3])] == [
+        (1, 32),
+        (2, 32),
+        (1, 32),
+    ]
+    # The same vector as alone, up to int8-dynamic's per-tensor activation scale, which sees the
+    # whole (padded) batch.
+    alone = model.engine.embed(["dogs"])[0]
+    assert float(responses[1].outputs["embedding"][1] @ alone) > 0.99
+
+
 def test_text_classification_artifact(tmp_path: Path) -> None:
     ckpt = tiny_bert(tmp_path / "ckpt", labels=3)
     out = tmp_path / "store" / "key"
