@@ -196,11 +196,12 @@ class Sampler(threading.Thread):
             self.stop_flag.wait(1.0)
 
 
-def _serving_pids(stack: Stack) -> set[int]:
+def _serving_pids(stack: Stack, uids: set[str]) -> set[int]:
+    """tritonserver processes of these pods (the node runs each pod under <state>/pods/<uid>/)."""
     pids = set()
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "tritonserver" in cmdline and f"--load-model={MODEL}" in cmdline and stack.namespace in cmdline:
+        if "tritonserver" in cmdline and any(f"/pods/{uid}/" in cmdline for uid in uids):
             pids.add(proc.pid)
     return pids
 
@@ -254,8 +255,11 @@ def test_unreachable_budget_keeps_the_stable_revision_serving(stack: Stack) -> N
 
 
 def test_delete_stops_the_model_processes(stack: Stack) -> None:
-    assert _serving_pids(stack), "no tritonserver process of the model is running"
+    pods = stack.get("pods", "-l", f"{LABEL_MODEL}={MODEL},flotilla.dev/component=server")
+    uids = {p["metadata"]["uid"] for p in pods["items"]}
+    assert _serving_pids(stack, uids), "no tritonserver process of the model is running"
     stack.kubectl("delete", "smallmodel", MODEL, "-n", stack.namespace, "--timeout=120s")
-    wait_for(lambda: not _serving_pids(stack), timeout=60, what="the model's tritonserver processes gone")
+    # The finalizer holds the model until its pods are gone, so this holds at once.
+    assert not _serving_pids(stack, uids)
     pods = stack.get("pods", "-l", f"{LABEL_MODEL}={MODEL}")
     assert pods is not None and pods["items"] == []
