@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class Stack:
     namespace: str
     node: processnode.ProcessNode
     operator: OperatorProcess
-    timings: dict[str, float] = field(default_factory=dict)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         return self.cluster.kubectl(*args, input=input, check=check).stdout
@@ -148,13 +147,14 @@ def wait_condition(
 FAILURES = {"AccuracyBudgetExceeded", "OptimizerError", "SourceUnavailable", "UnsupportedModel", "InvalidArguments"}
 
 
+@pytest.mark.timeout(3000)  # a cold optimization of SmolLM2 on 2 cores
 def test_apply_to_answer(stack: Stack) -> None:
     started = time.monotonic()
     stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel())
     wait_condition(stack, "Optimized", "True", timeout=2400, fail_on=FAILURES)
     wait_condition(stack, "Ready", "True", timeout=600, fail_on={"Unschedulable"})
     answer = stack.ask()
-    stack.timings["apply_to_first_answer_s"] = time.monotonic() - started
+    print(f"kubectl apply -> first answer: {time.monotonic() - started:.0f}s (cold: optimization included)")
     assert "paris" in answer.lower(), answer
 
 
@@ -232,6 +232,7 @@ def test_serving_change_rolls_with_no_failed_request(stack: Stack) -> None:
     assert stack.condition("Ready")["status"] == "True"
 
 
+@pytest.mark.timeout(2400)
 def test_unreachable_budget_keeps_the_stable_revision_serving(stack: Stack) -> None:
     stable = stack.status()["revisions"]["stable"]
     impossible = {
