@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -156,6 +157,12 @@ def variants(
                 Variant(model, artifact, batching, str(summary.recipe), batch if batching else 0, args.queue_delay_us)
             )
     return found
+
+
+def pairs(chosen: Sequence[Variant]) -> list[tuple[Variant, Variant]]:
+    """(batching on, batching off) of each model and artifact."""
+    on = {(v.model, v.artifact): v for v in chosen if v.batching}
+    return [(on[(v.model, v.artifact)], v) for v in chosen if not v.batching]
 
 
 def build_repository(
@@ -298,7 +305,8 @@ def step_line(v: Variant, settings: ServerSettings, step: Step, target_s: float,
         "queue_delay_us": v.queue_delay_us if v.batching else None,
         "instances": settings.instances, "intra_op_threads": settings.threads,
         "max_tokens": args.max_tokens if v.model == "generate" else None, "schedule": args.schedule,
-        "duration_s": args.duration, "offered_rps": round(step.offered, 2), "achieved_rps": round(step.achieved, 2),
+        "duration_s": duration_seconds(v.model, args),
+        "offered_rps": round(step.offered, 2), "achieved_rps": round(step.achieved, 2),
         "requests": step.requests, "errors": step.errors,
         "p50_ms": ms(step.p50), "p95_ms": ms(step.p95), "p99_ms": ms(step.p99),
         "p95_target_ms": round(target_s * 1000), "within_target": step.passes(target_s),
@@ -351,14 +359,20 @@ class Runner:
         async with aiohttp.ClientSession(connector=connector) as session:
             return await open_loop(session, self.url, self.bodies, times, self.timeout)
 
-    def step(self, rate: float, duration: float) -> Step:
+    def step(self, rate: float, duration: float | None = None) -> Step:
+        """One rate for `duration` seconds (default: the model's), then wait until Triton is idle."""
+        seconds = duration_seconds(self.variant.model, self.args) if duration is None else duration
         before = model_counts(self.server, self.variant.name)
-        start, outcomes = asyncio.run(self._run(arrivals(rate, duration, self.args.schedule, self.rng)))
+        start, outcomes = asyncio.run(self._run(arrivals(rate, seconds, self.args.schedule, self.rng)))
         after = model_counts(self.server, self.variant.name)
         executions = after[1] - before[1]
         avg_batch = (after[0] - before[0]) / executions if executions > 0 else None
         wait_idle(self.server, self.variant.name)
         return summarize(rate, start, outcomes, avg_batch)
+
+
+def duration_seconds(model: Model, args: argparse.Namespace) -> float:
+    return float(args.duration if model == "embed" else args.generate_duration)
 
 
 def target_seconds(model: Model, args: argparse.Namespace) -> float:
@@ -371,7 +385,7 @@ def search_rates(runner: Runner, start: float, args: argparse.Namespace) -> Iter
     target = target_seconds(runner.variant.model, args)
     passed, failed, rate = 0.0, math.inf, start
     for _ in range(MAX_BRACKET_STEPS):
-        result = runner.step(rate, args.duration)
+        result = runner.step(rate)
         yield result
         if result.passes(target):
             passed = rate
@@ -386,24 +400,36 @@ def search_rates(runner: Runner, start: float, args: argparse.Namespace) -> Iter
         return
     for _ in range(args.refine):
         rate = math.sqrt(passed * failed)
-        result = runner.step(rate, args.duration)
+        result = runner.step(rate)
         yield result
         passed, failed = (rate, failed) if result.passes(target) else (passed, rate)
 
 
-def run_variant(server: local.LocalTriton, v: Variant, settings: ServerSettings, args: argparse.Namespace) -> float:
-    """Warm up, sweep, print a line per rate; returns the sustainable rate (0 if none passed)."""
-    runner = Runner(server, v, args)
-    start = args.embed_start_rps if v.model == "embed" else args.generate_start_rps
-    progress(f"{v.name}: warm-up at {start:g}/s")
-    runner.step(start, min(3.0, args.duration))
-    target = target_seconds(v.model, args)
-    steps = (runner.step(r, args.duration) for r in args.rates) if args.rates else search_rates(runner, start, args)
-    best = 0.0
-    for result in steps:
-        print(step_line(v, settings, result, target, args), flush=True)
-        if result.passes(target):
-            best = max(best, result.offered)
+def sweep(runner: Runner, args: argparse.Namespace) -> Iterator[Step]:
+    start = args.embed_start_rps if runner.variant.model == "embed" else args.generate_start_rps
+    progress(f"{runner.variant.name}: warm-up at {start:g}/s")
+    runner.step(start, duration=3.0)
+    if args.rates:
+        yield from (runner.step(r) for r in args.rates)
+    else:
+        yield from search_rates(runner, start, args)
+
+
+def run_pair(
+    server: local.LocalTriton, pair: tuple[Variant, Variant], settings: ServerSettings, args: argparse.Namespace
+) -> list[float]:
+    """Sweep batching on and off step by step in turn, so background load that drifts during the
+    run hits both alike; print a line per step. Returns each one's sustainable rate (0: none)."""
+    target = target_seconds(pair[0].model, args)
+    best = [0.0, 0.0]
+    sweeps = [sweep(Runner(server, v, args), args) for v in pair]
+    for results in itertools.zip_longest(*sweeps):
+        for i, result in enumerate(results):
+            if result is None:
+                continue
+            print(step_line(pair[i], settings, result, target, args), flush=True)
+            if result.passes(target):
+                best[i] = max(best[i], result.offered)
     return best
 
 
@@ -435,21 +461,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--smol-recipes", default="int4-grid-b32", help="SmolLM2 auto candidates ('all': every recipe)")
     p.add_argument("--schedule", choices=("poisson", "uniform"), default="poisson")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--duration", type=float, default=6.0, help="seconds of arrivals per rate")
+    p.add_argument("--duration", type=float, default=5.0, help="embed: seconds of arrivals per rate")
+    p.add_argument("--generate-duration", type=float, default=12.0, help="generate: seconds of arrivals per rate")
     p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None, help="fixed rate list")
     p.add_argument("--step", type=float, default=1.5, help="rate multiplier while searching")
-    p.add_argument("--refine", type=int, default=2, help="bisection steps after the first failing rate")
+    p.add_argument("--refine", type=int, default=1, help="bisection steps after the first failing rate")
     p.add_argument("--max-rate", type=float, default=2000.0)
-    p.add_argument("--embed-start-rps", type=float, default=20.0)
+    p.add_argument("--embed-start-rps", type=float, default=40.0)
     p.add_argument("--generate-start-rps", type=float, default=1.0)
-    p.add_argument("--embed-p95-ms", type=float, default=100.0)
+    p.add_argument("--embed-p95-ms", type=float, default=50.0)
     p.add_argument("--generate-p95-ms", type=float, default=2000.0)
-    p.add_argument("--max-tokens", type=int, default=8, help="generate: tokens per request")
+    p.add_argument("--max-tokens", type=int, default=6, help="generate: tokens per request")
     p.add_argument("--embed-batch", type=int, default=16, help="max_batch_size with batching on")
     p.add_argument("--generate-batch", type=int, default=8, help="max_batch_size with batching on")
     p.add_argument("--queue-delay-us", type=int, default=2000)
-    p.add_argument("--instances", type=int, default=1, help="instance_count of every variant")
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra_op threads per instance")
+    p.add_argument("--instances", type=int, default=2, help="instance_count of every variant")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra_op threads per instance")
     p.add_argument("--target-ratio", type=float, default=2.0)
     return p.parse_args(argv)
 
@@ -469,12 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_repository(repository, chosen, artifacts, settings)
     progress(f"tritonserver: loading {len(chosen)} variants")
     with local.start(repository, [v.name for v in chosen], root / "triton", ready_timeout=600) as server:
-        best = {v: run_variant(server, v, settings, args) for v in chosen}
-    for m in models:
-        for a in kinds:
-            on = next(r for v, r in best.items() if (v.model, v.artifact, v.batching) == (m, a, True))
-            off = next(r for v, r in best.items() if (v.model, v.artifact, v.batching) == (m, a, False))
-            print(sustainable_line(m, a, on, off, args), flush=True)
+        for on, off in pairs(chosen):
+            best_on, best_off = run_pair(server, (on, off), settings, args)
+            print(sustainable_line(on.model, on.artifact, best_on, best_off, args), flush=True)
     return 0
 
 
