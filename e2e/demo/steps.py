@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import processnode
 from flotilla.testing import OperatorProcess
 from localcluster import cluster as localcluster
 
+from .client import generate, ready_endpoints
 from .context import EXAMPLE, MODEL, NAMESPACE, REPO, Demo
 
 PROMPTS = [
@@ -203,24 +203,9 @@ def wait_ready(demo: Demo) -> None:
 
 
 def endpoints(demo: Demo, service: str = MODEL) -> list[str]:
-    """http://ip:port of the Service's ready endpoints, from its EndpointSlices."""
-    slices = demo.get("endpointslices", "-n", NAMESPACE, "-l", f"kubernetes.io/service-name={service}") or {}
-    urls = []
-    for item in slices.get("items", []):
-        port = next((p["port"] for p in item.get("ports") or [] if p.get("name") == "http"), None)
-        for endpoint in item.get("endpoints") or []:
-            if port and endpoint.get("conditions", {}).get("ready"):
-                urls += [f"http://{address}:{port}" for address in endpoint["addresses"]]
-    return urls
-
-
-def generate(url: str, prompt: str, max_tokens: int = 32, timeout: float = 120) -> str:
-    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens}).encode()
-    request = urllib.request.Request(
-        f"{url}/v2/models/{MODEL}/generate", data=body, headers={"Content-Type": "application/json"}
+    return ready_endpoints(
+        demo.get("endpointslices", "-n", NAMESPACE, "-l", f"kubernetes.io/service-name={service}") or {}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return str(json.loads(response.read())["text_output"])
 
 
 def ask(demo: Demo) -> None:
@@ -229,7 +214,7 @@ def ask(demo: Demo) -> None:
     for number, prompt in enumerate(PROMPTS):
         started = time.monotonic()
         try:
-            answer = generate(urls[0], prompt)
+            answer = generate(urls[0], MODEL, prompt)
         except (urllib.error.URLError, TimeoutError, KeyError) as err:
             raise DemoError(f"generate failed: {err}") from err
         if number == 0 and "applied" in demo.timings:

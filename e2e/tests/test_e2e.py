@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 import processnode
+from demo.client import generate, ready_endpoints
 from flotilla.api.v1alpha1 import LABEL_MODEL
 from flotilla.testing import OperatorProcess
 from localcluster.cluster import Cluster, wait_for
@@ -54,29 +55,11 @@ class Stack:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), {})
 
     def endpoints(self) -> list[str]:
-        slices = self.get("endpointslices", "-l", f"kubernetes.io/service-name={MODEL}") or {}
-        urls = []
-        for item in slices.get("items", []):
-            port = next((p["port"] for p in item.get("ports") or [] if p.get("name") == "http"), None)
-            for endpoint in item.get("endpoints") or []:
-                if port and endpoint.get("conditions", {}).get("ready"):
-                    urls += [f"http://{address}:{port}" for address in endpoint["addresses"]]
-        return urls
+        return ready_endpoints(self.get("endpointslices", "-l", f"kubernetes.io/service-name={MODEL}") or {})
 
     def ask(self, prompt: str = QUESTION, max_tokens: int = 24) -> str:
         url = wait_for(self.endpoints, timeout=60, what="a ready endpoint of the model's Service")[0]
-        return _generate(url, prompt, max_tokens)
-
-
-def _generate(url: str, prompt: str, max_tokens: int) -> str:
-    import urllib.request
-
-    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens}).encode()
-    request = urllib.request.Request(
-        f"{url}/v2/models/{MODEL}/generate", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return str(json.loads(response.read())["text_output"])
+        return generate(url, MODEL, prompt, max_tokens)
 
 
 def smallmodel(spec_overrides: dict[str, Any] | None = None, name: str = MODEL) -> str:
@@ -188,7 +171,7 @@ class Sampler(threading.Thread):
                 if not urls:
                     raise RuntimeError("no ready endpoint")
                 url = urls[self.ok % len(urls)]
-                _generate(url, "Say hello.", 4)
+                generate(url, MODEL, "Say hello.", 4)
                 self.ok += 1
                 self.backends.add(url)
             except Exception as err:

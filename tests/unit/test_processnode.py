@@ -765,3 +765,21 @@ def test_prestop_sleep_action_is_read_from_the_container_spec() -> None:
     assert prestop_sleep_seconds({"lifecycle": {"preStop": {"sleep": {"seconds": 5}}}}) == 5.0
     assert prestop_sleep_seconds({"lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}) == 0.0
     assert prestop_sleep_seconds({}) == 0.0
+
+
+def test_ready_endpoints_from_endpointslices() -> None:
+    from demo.client import ready_endpoints
+
+    slices = {
+        "items": [
+            {
+                "ports": [{"name": "grpc", "port": 8001}, {"name": "http", "port": 8000}],
+                "endpoints": [
+                    {"addresses": ["198.18.0.3"], "conditions": {"ready": True}},
+                    {"addresses": ["198.18.0.4"], "conditions": {"ready": False, "terminating": True}},
+                ],
+            }
+        ]
+    }
+    assert ready_endpoints(slices) == ["http://198.18.0.3:8000"]
+    assert ready_endpoints({"items": []}) == []
