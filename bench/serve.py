@@ -69,6 +69,7 @@ SENTENCES = (
     "It rained all day.",
     "Kubernetes schedules pods onto nodes that have enough free resources for them.",
 )
+REPORT_TARGET_FACTORS = (0.5, 2.0, 4.0, 8.0)  # other p95 targets, as multiples of the model's
 MAX_BRACKET_STEPS = 12  # 1.5**12 = 130x the start rate, either way
 PROMPTS = ("What is the capital of France?", "Name a colour.", "Say hello.", "What is two plus two?")
 
@@ -361,6 +362,8 @@ class Runner:
 
     def step(self, rate: float, duration: float | None = None) -> Step:
         """One rate for `duration` seconds (default: the model's), then wait until Triton is idle."""
+        if self.server.process.poll() is not None:
+            sys.exit(f"tritonserver exited ({self.server.process.returncode}):\n{self.server.log_tail()}")
         seconds = duration_seconds(self.variant.model, self.args) if duration is None else duration
         before = model_counts(self.server, self.variant.name)
         start, outcomes = asyncio.run(self._run(arrivals(rate, seconds, self.args.schedule, self.rng)))
@@ -409,38 +412,61 @@ def sweep(runner: Runner, args: argparse.Namespace) -> Iterator[Step]:
     start = args.embed_start_rps if runner.variant.model == "embed" else args.generate_start_rps
     progress(f"{runner.variant.name}: warm-up at {start:g}/s")
     runner.step(start, duration=3.0)
-    if args.rates:
-        yield from (runner.step(r) for r in args.rates)
-    else:
+    if not args.rates:
         yield from search_rates(runner, start, args)
+        return
+    for rate in args.rates:
+        result = runner.step(rate)
+        yield result
+        if result.errors:
+            # Higher rates only overload further, and thousands of clients timing out at once
+            # have crashed Triton 2.51 here (malloc(): unaligned tcache chunk detected).
+            return
+
+
+PairSteps = tuple[list[Step], list[Step]]  # batching on, off
 
 
 def run_pair(
     server: local.LocalTriton, pair: tuple[Variant, Variant], settings: ServerSettings, args: argparse.Namespace
-) -> list[float]:
+) -> PairSteps:
     """Sweep batching on and off step by step in turn, so background load that drifts during the
-    run hits both alike; print a line per step. Returns each one's sustainable rate (0: none)."""
+    run hits both alike; print a line per step. Returns the steps of each."""
     target = target_seconds(pair[0].model, args)
-    best = [0.0, 0.0]
+    steps: PairSteps = ([], [])
     sweeps = [sweep(Runner(server, v, args), args) for v in pair]
     for results in itertools.zip_longest(*sweeps):
         for i, result in enumerate(results):
-            if result is None:
-                continue
-            print(step_line(pair[i], settings, result, target, args), flush=True)
-            if result.passes(target):
-                best[i] = max(best[i], result.offered)
-    return best
+            if result is not None:
+                print(step_line(pair[i], settings, result, target, args), flush=True)
+                steps[i].append(result)
+    return steps
 
 
-def sustainable_line(model: Model, artifact: Artifact, on: float, off: float, args: argparse.Namespace) -> str:
+def sustainable(steps: Sequence[Step], target_s: float) -> float:
+    """The highest offered rate that held p95 under `target_s` with no errors (0: none did)."""
+    return max((s.offered for s in steps if s.passes(target_s)), default=0.0)
+
+
+def sustainable_line(
+    pair: tuple[Variant, Variant], steps: tuple[list[Step], list[Step]], args: argparse.Namespace
+) -> str:
+    """Batching on vs off at the model's p95 target, and (coarser: the rates were chosen for the
+    target) at other targets, since batching trades latency for throughput."""
+    model, target = pair[0].model, target_seconds(pair[0].model, args)
+    on, off = sustainable(steps[0], target), sustainable(steps[1], target)
     ratio = on / off if off > 0 else None
+    others = {
+        str(round(target * f * 1000)): [sustainable(steps[0], target * f), sustainable(steps[1], target * f)]
+        for f in REPORT_TARGET_FACTORS
+    }
     return json.dumps({
-        "bench": "serve", "summary": "sustainable", "model": model, "artifact": artifact,
-        "p95_target_ms": round(target_seconds(model, args) * 1000),
+        "bench": "serve", "summary": "sustainable", "model": model, "artifact": pair[0].artifact,
+        "p95_target_ms": round(target * 1000),
         "batching_on_rps": round(on, 2), "batching_off_rps": round(off, 2),
         "ratio": None if ratio is None else round(ratio, 2), "target_ratio": args.target_ratio,
         "meets_target": ratio is not None and ratio >= args.target_ratio,
+        "on_off_rps_by_p95_ms": others,
     })  # fmt: skip
 
 
@@ -470,7 +496,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--embed-start-rps", type=float, default=40.0)
     p.add_argument("--generate-start-rps", type=float, default=1.0)
     p.add_argument("--embed-p95-ms", type=float, default=50.0)
-    p.add_argument("--generate-p95-ms", type=float, default=2000.0)
+    p.add_argument("--generate-p95-ms", type=float, default=3000.0)
     p.add_argument("--max-tokens", type=int, default=6, help="generate: tokens per request")
     p.add_argument("--embed-batch", type=int, default=16, help="max_batch_size with batching on")
     p.add_argument("--generate-batch", type=int, default=8, help="max_batch_size with batching on")
@@ -496,9 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_repository(repository, chosen, artifacts, settings)
     progress(f"tritonserver: loading {len(chosen)} variants")
     with local.start(repository, [v.name for v in chosen], root / "triton", ready_timeout=600) as server:
-        for on, off in pairs(chosen):
-            best_on, best_off = run_pair(server, (on, off), settings, args)
-            print(sustainable_line(on.model, on.artifact, best_on, best_off, args), flush=True)
+        for pair in pairs(chosen):
+            print(sustainable_line(pair, run_pair(server, pair, settings, args), args), flush=True)
     return 0
 
 
