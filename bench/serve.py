@@ -15,14 +15,17 @@ from the *scheduled* time to the response, so time spent queued anywhere (client
 Triton's queue) counts. A client that falls behind shows as `send_lag_p99_ms`.
 
 For each (model, variant, rate) one JSON line: offered and achieved rate, p50/p95/p99 of
-successful requests, errors, Triton's average batch size. Rates: `--rates` (a fixed list) or,
-by default, a search per variant: multiply by `--step` until p95 exceeds the model's target or
-a request fails, then bisect `--refine` times. Then per model and artifact one `sustainable`
-line: the highest rate with p95 under target and no errors, batching on vs off, and whether on
-reaches `--target-ratio` (2x) of off.
+successful requests, errors, Triton's average batch size. Rates: `--rates` (a fixed list, cut
+short at a variant's first errors) or, by default, a search per variant: bracket by factors of
+`--step` until p95 exceeds the model's target or a request fails, then bisect `--refine` times.
+Batching on and off step in turn, so drifting background load hits both alike. Then per model
+and artifact one `sustainable` line: the highest rate with p95 under target and no errors,
+batching on vs off, whether on reaches `--target-ratio` (2x) of off, and the same at other p95
+targets. Figures and what they mean: docs/serving.md.
 
-    .venv/bin/python bench/serve.py --json                   # ~10 minutes on 2 cores
-    .venv/bin/python bench/serve.py --json --models embed --duration 20 --refine 3
+    .venv/bin/python bench/serve.py --json                   # ~8 minutes on 2 cores
+    .venv/bin/python bench/serve.py --json --models embed --rates 60,100,140,180,220,260 --duration 10
+    .venv/bin/python bench/serve.py --json --models generate --rates 2,4,6,8,10 --generate-duration 25
 """
 
 from __future__ import annotations
@@ -457,7 +460,7 @@ def sustainable_line(
     on, off = sustainable(steps[0], target), sustainable(steps[1], target)
     ratio = on / off if off > 0 else None
     others = {
-        str(round(target * f * 1000)): [sustainable(steps[0], target * f), sustainable(steps[1], target * f)]
+        str(round(target * f * 1000)): [round(sustainable(steps[i], target * f), 2) for i in (0, 1)]
         for f in REPORT_TARGET_FACTORS
     }
     return json.dumps({
@@ -493,8 +496,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--step", type=float, default=1.5, help="rate multiplier while searching")
     p.add_argument("--refine", type=int, default=1, help="bisection steps after the first failing rate")
     p.add_argument("--max-rate", type=float, default=2000.0)
-    p.add_argument("--embed-start-rps", type=float, default=40.0)
-    p.add_argument("--generate-start-rps", type=float, default=1.0)
+    p.add_argument("--embed-start-rps", type=float, default=80.0)
+    p.add_argument("--generate-start-rps", type=float, default=3.0)
     p.add_argument("--embed-p95-ms", type=float, default=50.0)
     p.add_argument("--generate-p95-ms", type=float, default=3000.0)
     p.add_argument("--max-tokens", type=int, default=6, help="generate: tokens per request")
