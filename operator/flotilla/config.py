@@ -48,7 +48,12 @@ class OperatorConfig(BaseModel):
     artifact_storage_class: str | None = Field(default=None, description="StorageClass of the claim it creates.")
     create_artifact_pvc: bool = Field(default=True, description="Create the claim in a namespace when it is missing.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means all.")
-    workers: int = Field(default=64, ge=1, le=1024, description="Objects reconciled concurrently.")
+    workers: int = Field(
+        default=128,
+        ge=1,
+        le=1024,
+        description="Objects reconciled concurrently (per watched kind, kopf's worker limit).",
+    )
     resync_seconds: float = Field(default=60.0, gt=0, description="Periodic reconcile of every SmallModel.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off.")
     optimizer_cpu: str = Field(default="2", description="CPU request of the optimization Job.")
