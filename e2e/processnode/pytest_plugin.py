@@ -23,7 +23,7 @@ def process_node(cluster: Any) -> Iterator[ProcessNode]:
     # Not local-0: the demo's node may be running beside the tests on the same cluster.
     name = os.environ.get("FLOTILLA_PROCESS_NODE", "local-test")
     try:
-        # More than this machine's cores and memory: an optimizer Job (2 CPU / 8Gi requested)
+        # More than this machine's cores and memory: an optimizer Job (2 CPU / 12Gi requested)
         # and Triton pods of two revisions must fit side by side; no limit is enforced anyway.
         node = start(cluster, name=name, cpu="16", memory="64Gi")
     except ProcessNodeError as err:

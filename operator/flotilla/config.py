@@ -57,7 +57,9 @@ class OperatorConfig(BaseModel):
     resync_seconds: float = Field(default=60.0, gt=0, description="Periodic reconcile of every SmallModel.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off.")
     optimizer_cpu: str = Field(default="2", description="CPU request of the optimization Job.")
-    optimizer_memory: str = Field(default="8Gi", description="Memory request (and limit) of the optimization Job.")
+    # Measured peak of `--precision auto` on SmolLM2-135M: 7.6 GiB (every candidate's session is
+    # loaded at once for interleaved timing); 8Gi left no headroom under a cgroup limit.
+    optimizer_memory: str = Field(default="12Gi", description="Memory request (and limit) of the optimization Job.")
     optimizer_deadline_seconds: int = Field(default=7200, ge=60, description="activeDeadlineSeconds of the Job.")
     hf_offline: bool = Field(default=False, description="Set HF_HUB_OFFLINE=1 in optimization Jobs.")
     reuse_exports: bool = Field(
