@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -23,13 +22,12 @@ import yaml
 
 import processnode
 from demo.client import generate, ready_endpoints
+from demo.context import EXAMPLE, REPO
 from flotilla.api.v1alpha1 import LABEL_MODEL
 from flotilla.testing import OperatorProcess
 from localcluster.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "01-smollm2"
 MODEL = "chat"
 QUESTION = "What is the capital of France?"
 

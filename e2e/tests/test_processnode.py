@@ -114,6 +114,25 @@ def started_log(cluster: Cluster, namespace: str, name: str) -> Path:
     return wait_for(find, timeout=TIMEOUT, what=f"Started event of {name}")
 
 
+def pid_of(obj: dict[str, Any]) -> int:
+    """The container's process id, from the containerID the agent reports (process://<pid>)."""
+    return int(obj["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
+
+
+def start_waiting(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> tuple[int, Path]:
+    """Run a pod whose script prints "waiting" once its signal handler is set; its pid and log."""
+    apply(cluster, namespace, pod(name, spec))
+    pid = pid_of(wait_ready(cluster, namespace, name))
+    log = started_log(cluster, namespace, name)
+    wait_for(lambda: "waiting" in log.read_text(), timeout=TIMEOUT, what="the process to install its handler")
+    return pid, log
+
+
+def delete_and_wait_gone(cluster: Cluster, namespace: str, name: str) -> None:
+    cluster.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+    wait_for(lambda: get(cluster, namespace, "pod", name) is None, timeout=TIMEOUT, what=f"pod {name} gone")
+
+
 def test_http_pod_is_ready_on_its_own_address_and_reachable_through_its_endpoint_slice(
     cluster: Cluster, namespace: str, process_node: ProcessNode
 ) -> None:
@@ -208,18 +227,10 @@ def test_deleting_a_pod_sends_sigterm_and_the_pod_disappears(
         "print('waiting', flush=True)\n"
         "while True: time.sleep(1)\n"
     )
-    apply(
-        cluster,
-        namespace,
-        pod("sleeper", pod_spec(process_node, {"name": "main", "command": ["python", "-c", script]})),
-    )
-    running = wait_ready(cluster, namespace, "sleeper")
-    pid = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
-    log = started_log(cluster, namespace, "sleeper")
-    wait_for(lambda: "waiting" in log.read_text(), timeout=TIMEOUT, what="the process to install its handler")
+    spec = pod_spec(process_node, {"name": "main", "command": ["python", "-c", script]})
+    pid, log = start_waiting(cluster, namespace, "sleeper", spec)
 
-    cluster.kubectl("delete", "pod", "sleeper", "-n", namespace, "--wait=false")
-    wait_for(lambda: get(cluster, namespace, "pod", "sleeper") is None, timeout=TIMEOUT, what="pod sleeper gone")
+    delete_and_wait_gone(cluster, namespace, "sleeper")
     assert "got SIGTERM" in log.read_text()
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
@@ -236,14 +247,9 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(
     spec = pod_spec(
         process_node, {"name": "main", "command": ["python", "-c", script]}, terminationGracePeriodSeconds=2
     )
-    apply(cluster, namespace, pod("stubborn", spec))
-    running = wait_ready(cluster, namespace, "stubborn")
-    pid = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
-    log = started_log(cluster, namespace, "stubborn")
-    wait_for(lambda: "waiting" in log.read_text(), timeout=TIMEOUT, what="the process to install its handler")
+    pid, log = start_waiting(cluster, namespace, "stubborn", spec)
 
-    cluster.kubectl("delete", "pod", "stubborn", "-n", namespace, "--wait=false")
-    wait_for(lambda: get(cluster, namespace, "pod", "stubborn") is None, timeout=TIMEOUT, what="pod stubborn gone")
+    delete_and_wait_gone(cluster, namespace, "stubborn")
     assert "ignoring SIGTERM" in log.read_text()
     assert not Path(f"/proc/{pid}").exists()
 
@@ -448,7 +454,7 @@ def test_a_restarted_agent_kills_what_a_crashed_one_left_and_runs_its_pods_again
         container = {"name": "main", "command": ["python", "-c", "import time; time.sleep(3600)"]}
         apply(cluster, namespace, pod("survivor", pod_spec(first, container)))
         running = wait_ready(cluster, namespace, "survivor")
-        orphan = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
+        orphan = pid_of(running)
         first.process.kill()
         first.process.wait()
         assert Path(f"/proc/{orphan}").exists(), "the container process outlives a SIGKILLed agent"
