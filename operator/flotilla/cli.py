@@ -31,11 +31,28 @@ def _run(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _rollout(verb: str) -> Command:
+    def run(argv: Sequence[str]) -> int:
+        from flotilla.rollout.cli import main
+
+        return main(argv, verb)
+
+    return run
+
+
 COMMANDS: dict[str, tuple[Command, str]] = {
     "crds": (_crds, "write (or --check) the CRD YAML generated from the api models"),
     "optimize": (_optimize, "run the optimizer (the optimization Job's entry point)"),
     "run": (_run, "run the operator"),
+    "promote": (_rollout("promote"), "promote a SmallModel's canary now"),
+    "abort": (_rollout("abort"), "roll a SmallModel's canary back now"),
+    "status": (_rollout("status"), "show a SmallModel's revisions, canary, verdict and scaling"),
 }
+
+
+def kubectl_plugin() -> int:
+    """`kubectl flotilla ...` (kubectl runs `kubectl-flotilla` found on PATH)."""
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -75,6 +75,36 @@ class OperatorConfig(BaseModel):
     job_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of optimization Jobs.")
     serving_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of serving pods.")
     termination_grace_seconds: int = Field(default=30, ge=6, le=3600, description="Grace period of serving pods.")
+    metrics_interval_seconds: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=600,
+        description="How often serving metrics are read for a model with a canary or autoscaling: one look "
+        "of the canary judge and one decision of the autoscaler per interval.",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Read serving metrics with PromQL from this Prometheus instead of scraping each serving "
+        "pod's Triton metrics endpoint (Prometheus must scrape the pods with namespace and pod labels).",
+    )
+    metrics_url_template: str = Field(
+        default="http://{ip}:{port}/metrics",
+        pattern=r"^https?://.*\{ip\}.*$|^https?://.*\{pod\}.*$",
+        description="Where the operator scrapes a serving pod's Triton metrics; {ip}, {port}, {namespace} and "
+        "{pod} are filled in (e.g. through a metrics proxy).",
+    )
+    gateway_parent: str | None = Field(
+        default=None,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Gateway ([namespace/]name) every model's HTTPRoute attaches to, unless the SmallModel "
+        "names one in spec.rollout.gatewayRef.",
+    )
+    traffic_split: Literal["auto", "replicas"] = Field(
+        default="auto",
+        description="auto: exact canary weights on an HTTPRoute per model where the cluster serves the Gateway "
+        "API, else in proportion to ready replicas; replicas: always the latter (no HTTPRoute).",
+    )
 
     @field_validator("namespaces")
     @classmethod

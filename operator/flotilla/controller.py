@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,11 @@ from flotilla import telemetry
 from flotilla.api.v1alpha1 import ArtifactSummary, SmallModel, SmallModelStatus
 from flotilla.config import OperatorConfig
 from flotilla.kube import Kube, execute
+from flotilla.metrics import PodTarget, Window
+from flotilla.metrics.sampler import Sampler
+from flotilla.metrics.sources import MetricsSource, PrometheusSource, ScrapeSource
 from flotilla.reconcile import Context, Observed, Plan, plan
+from flotilla.reconcile.plan import needs_metrics
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -40,6 +45,16 @@ def render_config(model: SmallModel, summary: ArtifactSummary) -> str:
     )
 
 
+HTTP_ROUTE_RECHECK_SECONDS = 60.0
+
+
+def _version(resource_version: str) -> int:
+    try:
+        return int(resource_version)
+    except ValueError:
+        return 0
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -60,7 +75,14 @@ class Controller:
         self._wakeups: dict[Key, asyncio.Event] = {}
         # Status is written only by us, so the last status we wrote is fresher than a watch
         # event that may still be in flight; a restart starts from the object's status.
-        self._written: dict[Key, SmallModelStatus] = {}
+        self._written: dict[Key, tuple[int, SmallModelStatus]] = {}
+        self._samplers: dict[Key, Sampler] = {}
+        self.metrics: MetricsSource = (
+            PrometheusSource(config.prometheus_url)
+            if config.prometheus_url
+            else ScrapeSource(url_template=config.metrics_url_template)
+        )
+        self._http_route: tuple[float, bool] | None = None  # (checked at, served)
 
     def kick(self, namespace: str, name: str) -> None:
         """A child changed: wake the model's loop (coalesced if it is already awake)."""
@@ -85,12 +107,49 @@ class Controller:
         self._locks.pop(key, None)
         self._wakeups.pop(key, None)
         self._written.pop(key, None)
+        self._samplers.pop(key, None)
         telemetry.CONDITIONS.by_model.pop(key, None)
+        telemetry.DESIRED_REPLICAS.by_model.pop(key, None)
 
     def _model(self, body: Mapping[str, Any]) -> SmallModel:
+        """The model, with the status we last wrote if the body predates that write.
+
+        A watch event may still be in flight after our own status write; but a body newer
+        than our write (someone else changed status, or a restart) is the truth. Resource
+        versions are etcd revisions, so newer compares greater.
+        """
         model = SmallModel.from_body(body)
         written = self._written.get((model.metadata.namespace, model.metadata.name))
-        return model.model_copy(update={"status": written}) if written is not None else model
+        if written is None or _version(model.metadata.resource_version) >= written[0]:
+            return model
+        return model.model_copy(update={"status": written[1]})
+
+    async def _http_route_served(self) -> bool:
+        """Whether the cluster serves HTTPRoutes (re-checked every minute)."""
+        now = time.monotonic()
+        if self._http_route is None or now - self._http_route[0] > HTTP_ROUTE_RECHECK_SECONDS:
+            self._http_route = (now, await self.kube.serves_http_routes())
+        return self._http_route[1]
+
+    async def _look(self, model: SmallModel, observed: Observed) -> tuple[Window | None, str | None]:
+        """One metrics window of the model's serving pods, when a canary or the autoscaler needs it."""
+        if not needs_metrics(model):
+            return None, None
+        key = (model.metadata.namespace, model.metadata.name)
+        sampler = self._samplers.setdefault(key, Sampler(min_seconds=self.config.metrics_interval_seconds * 0.9))
+        if sampler.last_at is not None and time.monotonic() - sampler.last_at < sampler.min_seconds:
+            return None, None
+        targets = [
+            PodTarget(p.name, p.revision, p.ip, p.ready)
+            for p in observed.pods
+            if p.revision and p.job_name is None and not p.terminating
+        ]
+        try:
+            readings = await self.metrics.read(model.metadata.namespace, model.metadata.name, targets)
+        except Exception as err:  # the source as a whole is down: hold, and say so
+            log.warning("metrics of %s/%s: %s", *key, err)
+            return None, f"metrics source failed: {err}"
+        return sampler.observe(readings, time.monotonic()), None
 
     async def reconcile(self, body: Mapping[str, Any], observed: Observed) -> Plan | None:
         model = self._model(body)
@@ -101,15 +160,23 @@ class Controller:
             model = self._model(body)
             started = time.perf_counter()
             try:
+                window, metrics_error = await self._look(model, observed)
+                observed = replace(
+                    observed,
+                    metrics=window,
+                    metrics_error=metrics_error,
+                    http_route_api=await self._http_route_served(),
+                )
                 result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
-                await execute(self.kube, model, result, observed, dict(body))
+                version = await execute(self.kube, model, result, observed, dict(body))
             except Exception:
                 telemetry.RECONCILES.labels(result="error").inc()
                 raise
             finally:
                 telemetry.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             telemetry.RECONCILES.labels(result="ok").inc()
-            self._written[key] = result.status
+            if version is not None:
+                self._written[key] = (_version(version), result.status)
             self._record(key, result)
             return result
 
@@ -128,6 +195,9 @@ class Controller:
     @staticmethod
     def _record(key: Key, result: Plan) -> None:
         telemetry.CONDITIONS.by_model[key] = {c.type: c.status for c in result.status.conditions}
+        scaling = result.status.scaling
+        if scaling is not None and scaling.desired_replicas is not None:
+            telemetry.DESIRED_REPLICAS.by_model[key] = scaling.desired_replicas
         for event in result.events:
             if event.reason == "OptimizationStarted":
                 telemetry.JOBS.labels(event="started").inc()
@@ -143,9 +213,10 @@ class Controller:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         failures = 0
         while not stopped:
-            await self.wait(
-                namespace, name, self.config.resync_seconds if failures == 0 else min(2**failures, 60), stopped
-            )
+            period = self.config.resync_seconds
+            if needs_metrics(self._model(body)):  # a canary or the autoscaler looks every interval
+                period = min(period, self.config.metrics_interval_seconds)
+            await self.wait(namespace, name, period if failures == 0 else min(2**failures, 60), stopped)
             if stopped:
                 break
             # Coalesce a burst of child events (a Job and its pod appear and change within a

@@ -18,7 +18,9 @@ from typing import Any
 import kopf
 
 from flotilla.api.v1alpha1 import (
+    ANNOTATION_ABORT,
     ANNOTATION_PREFIX,
+    ANNOTATION_PROMOTE,
     FINALIZER,
     GROUP,
     LABEL_MANAGED_BY,
@@ -88,6 +90,9 @@ async def deployments(body: kopf.Body, **_: Any) -> dict[Key, DeploymentView]:
 @kopf.index("v1", "services", labels=CHILD)
 @kopf.index("v1", "configmaps", labels=CHILD)
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD)
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels=CHILD)
+# Watched only where the Gateway API's CRDs exist (kopf picks them up when they appear).
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=CHILD)
 async def objects(body: kopf.Body, **_: Any) -> dict[Key, ObjectView]:
     return {_owner(body): ObjectView.from_object(body)}
 
@@ -131,6 +136,14 @@ async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 # --- SmallModel -------------------------------------------------------------------------
+
+
+@kopf.on.event(*SMALLMODEL, annotations={ANNOTATION_PROMOTE: kopf.PRESENT})
+@kopf.on.event(*SMALLMODEL, annotations={ANNOTATION_ABORT: kopf.PRESENT})
+async def command(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """`flotilla promote|abort`: wake the model's loop, which honours and clears the annotation."""
+    memo.controller.kick(*_key(body))
+
 
 
 @kopf.on.resume(*SMALLMODEL)

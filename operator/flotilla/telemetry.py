@@ -42,6 +42,26 @@ CONDITIONS = ConditionCollector()
 REGISTRY.register(CONDITIONS)
 
 
+class DesiredReplicasCollector(Collector):
+    """The autoscaler's desired replicas per model: KEDA (a metrics-api or prometheus trigger) can
+    scale a SmallModel's scale subresource on our law instead of the operator doing it."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "flotilla_desired_replicas", "Replicas the latency law wants per SmallModel.", labels=["namespace", "name"]
+        )
+        for (namespace, name), desired in sorted(self.by_model.items()):
+            family.add_metric([namespace, name], desired)
+        yield family
+
+
+DESIRED_REPLICAS = DesiredReplicasCollector()
+REGISTRY.register(DESIRED_REPLICAS)
+
+
 def serve(port: int) -> None:
     if port:
         start_http_server(port, registry=REGISTRY)

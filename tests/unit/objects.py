@@ -16,6 +16,7 @@ from flotilla.api.v1alpha1 import (
 )
 from flotilla.api.v1alpha1.artifact import Accuracy, Speedup
 from flotilla.config import OperatorConfig
+from flotilla.metrics import Window
 from flotilla.reconcile import Context, DeploymentView, JobView, Observed, PodView
 from flotilla.reconcile.observed import ANNOTATION_RESULT
 from flotilla.resources.meta import deployment_name, job_name
@@ -142,6 +143,28 @@ def pending_pod_object(
     }
 
 
+def serving_pod_object(
+    m: SmallModel, revision: str, name: str, ip: str | None, *, ready: bool = True, terminating: bool = False
+) -> dict[str, Any]:
+    """A serving pod of `revision`, scheduled, with an IP, Ready or not."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {LABEL_MODEL: m.metadata.name, LABEL_COMPONENT: "server", LABEL_REVISION: revision},
+    }
+    if terminating:
+        meta["deletionTimestamp"] = NOW
+    return {
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"nodeName": "local-0"},
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
 def deployment_object(m: SmallModel, revision: str, key: str, *, replicas: int = 1, ready: int = 1) -> dict[str, Any]:
     return {
         "kind": "Deployment",
@@ -159,7 +182,9 @@ def deployment_object(m: SmallModel, revision: str, key: str, *, replicas: int =
     }
 
 
-def observed(*objects: dict[str, Any], pvc: bool = True) -> Observed:
+def observed(
+    *objects: dict[str, Any], pvc: bool = True, metrics: Window | None = None, http_route: bool = False
+) -> Observed:
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], []).append(obj)
@@ -168,4 +193,6 @@ def observed(*objects: dict[str, Any], pvc: bool = True) -> Observed:
         pods=tuple(PodView.from_object(o) for o in by_kind.get("Pod", [])),
         deployments=tuple(DeploymentView.from_object(o) for o in by_kind.get("Deployment", [])),
         artifact_pvc_exists=pvc,
+        metrics=metrics,
+        http_route_api=http_route,
     )

@@ -11,6 +11,7 @@ from flotilla.resources.meta import ANNOTATION_APPLIED_HASH, deployment_name, jo
 
 from .objects import (
     context,
+    serving_pod_object,
     deployment_object,
     job_object,
     job_pod_object,
@@ -82,7 +83,7 @@ def test_finished_job_result_is_read_persisted_and_served() -> None:
     obs = observed(job_object(m, complete=True), job_pod_object(m, message=s.to_termination_message()))
     p = plan(m, obs, context())
     assert [a.annotations.keys() for a in p.annotate] == [{ANNOTATION_RESULT}]
-    assert kinds(p) == ["ConfigMap", "Deployment", "Service", "Service"]
+    assert kinds(p) == ["ConfigMap", "Deployment", "Service", "Service", "EndpointSlice"]
     rev = revision_of(m)
     deployment = p.apply[1]
     assert deployment["metadata"]["name"] == deployment_name("chat", rev)
@@ -170,12 +171,15 @@ def test_failed_update_keeps_the_stable_revision_serving() -> None:
     assert any(s.deployment == deployment_name("chat", old_rev) for s in p.scale) is False
 
 
-def test_serving_change_replaces_the_revision_once_ready() -> None:
-    m1 = model()
+def test_serving_change_without_canary_steps_replaces_the_revision_once_ready() -> None:
+    """steps [100]: no judgement, the new revision replaces the stable one once ready."""
+    no_canary = {"canary": {"steps": [100]}}
+    m1 = model(rollout=no_canary)
     key, rev1 = key_of(m1), revision_of(m1)
     job = job_object(m1, complete=True, result=summary(key))
     settled = plan(m1, observed(job, deployment_object(m1, rev1, key)), context())
-    m2 = model(generation=2, serving={"maxBatchSize": 16}).model_copy(update={"status": settled.status})
+    m2 = model(generation=2, serving={"maxBatchSize": 16}, rollout=no_canary)
+    m2 = m2.model_copy(update={"status": settled.status})
     rev2 = revision_of(m2)
     assert key_of(m2) == key and rev2 != rev1  # same artifact, new revision
 
@@ -186,12 +190,20 @@ def test_serving_change_replaces_the_revision_once_ready() -> None:
     assert "max_batch_size: 16" in rolling.apply[0]["data"]["config.pbtxt"]
     assert any(o["metadata"]["name"] == "chat-canary" for o in rolling.apply)
 
-    both = observed(job, deployment_object(m1, rev1, key), deployment_object(m2, rev2, key, ready=1))
+    both = observed(
+        job,
+        deployment_object(m1, rev1, key),
+        deployment_object(m2, rev2, key, ready=1),
+        serving_pod_object(m1, rev1, "old-1", "10.0.0.1"),
+        serving_pod_object(m2, rev2, "new-1", "10.0.0.2"),
+    )
     done = replan(m2, rolling, both)
     assert done.status.revisions is not None
     assert (done.status.revisions.stable, done.status.revisions.canary) == (rev2, None)
     assert {r.name for r in done.delete} >= {deployment_name("chat", rev1)}
-    assert "RevisionPromoted" in [e.reason for e in done.events]
+    assert "Promoted" in [e.reason for e in done.events]
+    endpoints = next(o for o in done.apply if o["kind"] == "EndpointSlice")["endpoints"]
+    assert [e["targetRef"]["name"] for e in endpoints] == ["new-1"]
 
 
 def test_replicas_follow_spec_through_scale_actions() -> None:

@@ -24,13 +24,13 @@ from lightkube.resources.core_v1 import Event
 from lightkube.types import CascadeType, PatchType
 
 from flotilla import telemetry
-from flotilla.api.v1alpha1 import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
+from flotilla.api.v1alpha1 import FIELD_MANAGER, GROUP, KIND, PLURAL, SCALE_MANAGER, VERSION
 
 log = logging.getLogger(__name__)
 
-SCALE_MANAGER = f"{FIELD_MANAGER}-scaler"
 RESULT_MANAGER = f"{FIELD_MANAGER}-results"
 SmallModelResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
 
 
 def _namespaced(api_version: str, kind: str) -> type[NamespacedResource]:
@@ -85,17 +85,31 @@ class Kube:
         )
 
     async def annotate(
-        self, api_version: str, kind: str, name: str, namespace: str, annotations: dict[str, str]
+        self, api_version: str, kind: str, name: str, namespace: str, annotations: Mapping[str, str | None]
     ) -> None:
-        self.requests += 1
-        resource = _namespaced(api_version, kind)
-        patch = {"metadata": {"annotations": annotations}}
+        """Merge-patch annotations; a None value removes one."""
+        self._count("patch", kind)
+        resource = SmallModelResource if kind == KIND else _namespaced(api_version, kind)
+        patch = {"metadata": {"annotations": dict(annotations)}}
         await self.client.patch(
             resource, name, patch, namespace=namespace, patch_type=PatchType.MERGE, field_manager=RESULT_MANAGER
         )
 
-    async def apply_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
-        """Server-side apply of the whole status: fields we stop setting are removed."""
+    async def serves_http_routes(self) -> bool:
+        """Whether the API server serves Gateway API HTTPRoutes (a one-item list answers it)."""
+        self._count("list", "HTTPRoute")
+        try:
+            async for _ in self.client.list(HTTPRoute, namespace="default", chunk_size=1):
+                break
+        except ApiError as err:
+            if err.status.code != 404:
+                log.warning("cannot tell whether HTTPRoutes are served: %s", err)
+            return False
+        return True
+
+    async def apply_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> str | None:
+        """Server-side apply of the whole status: fields we stop setting are removed. Returns
+        the resourceVersion the write produced."""
         self._count("apply", "SmallModel/status")
         body = SmallModelResource.Status(
             apiVersion=f"{GROUP}/{VERSION}",
@@ -103,7 +117,9 @@ class Kube:
             metadata=ObjectMeta(name=name, namespace=namespace),
             status=dict(status),
         )
-        await self.client.apply(body, field_manager=FIELD_MANAGER, force=True)
+        written = await self.client.apply(body, field_manager=FIELD_MANAGER, force=True)
+        meta = getattr(written, "metadata", None)
+        return getattr(meta, "resourceVersion", None)
 
     async def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the SmallModel, as `kubectl describe` shows them."""

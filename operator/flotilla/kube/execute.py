@@ -3,7 +3,7 @@ the status write when nothing in status changed, so a steady state costs no requ
 
 from __future__ import annotations
 
-from flotilla.api.v1alpha1 import SmallModel
+from flotilla.api.v1alpha1 import API_VERSION, KIND, SmallModel
 from flotilla.reconcile import Observed, Plan
 from flotilla.resources.meta import ANNOTATION_APPLIED_HASH
 
@@ -17,8 +17,10 @@ def _changed(obj: dict[str, object], observed: Observed) -> bool:
     return wanted is None or observed.hash_of(str(obj["kind"]), str(meta["name"])) != wanted
 
 
-async def execute(kube: Kube, model: SmallModel, plan: Plan, observed: Observed, body: dict[str, object]) -> None:
+async def execute(kube: Kube, model: SmallModel, plan: Plan, observed: Observed, body: dict[str, object]) -> str | None:
+    """Carry out `plan`; the SmallModel's resourceVersion after our status write (None: no write)."""
     ns = model.metadata.namespace
+    version: str | None = None
     for obj in plan.apply:
         if _changed(obj, observed):
             await kube.apply(obj)
@@ -29,6 +31,9 @@ async def execute(kube: Kube, model: SmallModel, plan: Plan, observed: Observed,
     for ref in plan.delete:
         await kube.delete(ref.api_version, ref.kind, ref.name, ns)
     if plan.status.to_wire() != model.status.to_wire():
-        await kube.apply_status(model.metadata.name, ns, plan.status.to_wire())
+        version = await kube.apply_status(model.metadata.name, ns, plan.status.to_wire())
+    if plan.clear_annotations:  # after status: a command lost to a crash here is honoured again, harmlessly
+        await kube.annotate(API_VERSION, KIND, model.metadata.name, ns, dict.fromkeys(plan.clear_annotations))
     for event in plan.events:
         await kube.event(body, event.type, event.reason, event.message)
+    return version

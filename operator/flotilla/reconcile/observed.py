@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla.api.v1alpha1 import GROUP, LABEL_ARTIFACT_KEY, LABEL_REVISION, ArtifactSummary
+from flotilla.metrics import Window
 from flotilla.resources.meta import ANNOTATION_APPLIED_HASH
 
 ANNOTATION_RESULT = f"{GROUP}/result"
@@ -51,6 +52,17 @@ def parse_summary(text: str | None) -> ArtifactSummary | None:
         return None
 
 
+def _replicas_manager(obj: Mapping[str, Any]) -> str | None:
+    """Who set spec.replicas last, from managedFields (the newest entry that owns it)."""
+    owners = [
+        entry
+        for entry in _meta(obj).get("managedFields") or []
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
+    owners.sort(key=lambda e: str(e.get("time", "")))
+    return str(owners[-1].get("manager")) if owners else None
+
+
 @dataclass(frozen=True)
 class JobView:
     name: str
@@ -88,6 +100,9 @@ class PodView:
     terminated_message: str | None
     terminated_reason: str | None  # e.g. Completed, Error, OOMKilled
     exit_code: int | None
+    ip: str | None = None
+    node: str | None = None
+    terminating: bool = False
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> PodView:
@@ -112,7 +127,15 @@ class PodView:
             terminated_message=terminated.get("message"),
             terminated_reason=terminated.get("reason"),
             exit_code=terminated.get("exitCode"),
+            ip=status.get("podIP") or None,
+            node=(obj.get("spec") or {}).get("nodeName") or None,
+            terminating=bool(_meta(obj).get("deletionTimestamp")),
         )
+
+    @property
+    def serving(self) -> bool:
+        """Ready, addressable and not on its way out: may take requests."""
+        return self.ready and self.ip is not None and not self.terminating
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,7 @@ class DeploymentView:
     replicas: int
     ready_replicas: int
     updated_replicas: int
+    replicas_manager: str | None = None  # field manager that last set spec.replicas
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> DeploymentView:
@@ -136,6 +160,7 @@ class DeploymentView:
             replicas=int((obj.get("spec") or {}).get("replicas", 1)),
             ready_replicas=int(status.get("readyReplicas", 0)),
             updated_replicas=int(status.get("updatedReplicas", 0)),
+            replicas_manager=_replicas_manager(obj),
         )
 
 
@@ -165,6 +190,9 @@ class Observed:
     deployments: tuple[DeploymentView, ...] = ()
     others: tuple[ObjectView, ...] = ()
     artifact_pvc_exists: bool = True
+    metrics: Window | None = None  # one look at the serving pods' metrics, or None between looks
+    http_route_api: bool = False  # the cluster serves gateway.networking.k8s.io HTTPRoutes
+    metrics_error: str | None = None  # the metrics source as a whole failed (e.g. Prometheus down)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobView | None:
@@ -178,6 +206,9 @@ class Observed:
 
     def pods_of_revision(self, revision: str) -> list[PodView]:
         return [p for p in self.pods if p.revision == revision]
+
+    def serving_pods(self, revision: str | None) -> list[PodView]:
+        return [p for p in self.pods if revision and p.revision == revision and p.serving]
 
     def find(self, kind: str, name: str) -> JobView | DeploymentView | ObjectView | None:
         views: tuple[JobView | DeploymentView | ObjectView, ...]

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from flotilla.api.v1alpha1 import (
+    ANNOTATION_ABORT,
+    ANNOTATION_PROMOTE,
+    COND_CANARY,
     COND_DEGRADED,
     COND_OPTIMIZED,
     COND_READY,
     COND_RECONCILING,
     COND_STALLED,
+    SCALE_MANAGER,
     ArtifactSummary,
     RevisionsStatus,
     SmallModel,
@@ -26,10 +30,11 @@ from flotilla.api.v1alpha1 import (
 from flotilla.config import OperatorConfig
 from flotilla.resources import optimizer, serving
 from flotilla.resources.meta import Obj, config_map_name, deployment_name, stamped
+from flotilla.rollout import machine as rollout
 
 from .artifact import ArtifactState, Building, Failed, Ready, artifact_state, artifact_status, describe
 from .conditions import Want, merge, transitioned
-from .observed import ANNOTATION_RESULT, Observed
+from .observed import ANNOTATION_RESULT, DeploymentView, Observed
 
 EventType = Literal["Normal", "Warning"]
 
@@ -68,6 +73,8 @@ class Plan:
     annotate: tuple[Annotate, ...] = ()
     events: tuple[Event, ...] = ()
     status: SmallModelStatus = field(default_factory=SmallModelStatus)
+    # Annotations of the SmallModel to remove once status is written (honoured commands).
+    clear_annotations: tuple[str, ...] = ()
 
 
 ConfigRenderer = Callable[[SmallModel, ArtifactSummary], str]
@@ -92,6 +99,21 @@ class _Draft:
 
     def event(self, type_: EventType, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
+
+
+def needs_metrics(model: SmallModel) -> bool:
+    """A canary in progress or the autoscaler: serving metrics are read every interval."""
+    revisions = model.status.revisions
+    return (
+        model.spec.autoscaling.enabled
+        or (revisions is not None and revisions.canary is not None)
+        or (
+            revisions is not None
+            and revisions.stable is not None
+            and serving_revision(artifact_key(model.spec.source, model.spec.optimize), model.spec.serving)
+            != revisions.stable
+        )
+    )
 
 
 def desired_replicas(model: SmallModel) -> int:
@@ -146,6 +168,8 @@ class _Serving:
     stable_key: str | None
     canary: str | None
     canary_key: str | None
+    revisions: RevisionsStatus
+    rollout: rollout.Decision | None = None
 
 
 def _prune_revisions(model: SmallModel, keep: set[str | None], observed: Observed, draft: _Draft) -> None:
@@ -153,47 +177,146 @@ def _prune_revisions(model: SmallModel, keep: set[str | None], observed: Observe
         draft.delete.extend(_delete_revision(model, revision, observed))
 
 
-def _plan_services(
-    model: SmallModel, stable: str | None, canary: str | None, observed: Observed, draft: _Draft
+def _gateway_parent(model: SmallModel, ctx: Context) -> Obj | None:
+    ref = model.spec.rollout.gateway_ref
+    if ref is not None:
+        return {k: v for k, v in ref.to_wire().items()}
+    if ctx.config.gateway_parent:
+        namespace, _, name = ctx.config.gateway_parent.rpartition("/")
+        return {"name": name, **({"namespace": namespace} if namespace else {})}
+    return None
+
+
+def uses_http_route(observed: Observed, ctx: Context) -> bool:
+    return observed.http_route_api and ctx.config.traffic_split == "auto"
+
+
+def _plan_services(model: SmallModel, result: _Serving, observed: Observed, ctx: Context, draft: _Draft) -> None:
+    name = model.metadata.name
+    if result.stable is None:
+        return
+    draft.apply.append(stamped(serving.build_service(model)))
+    draft.apply.append(stamped(serving.build_service(model, "stable", result.stable)))
+    in_service = [result.stable] + ([result.canary] if result.canary else [])
+    endpoints = [
+        serving.Endpoint(p.name, p.ip, p.node)
+        for revision in in_service
+        for p in observed.serving_pods(revision)
+        if p.ip is not None
+    ]
+    draft.apply.append(stamped(serving.build_endpoint_slice(model, endpoints)))
+    if result.canary is not None:
+        draft.apply.append(stamped(serving.build_service(model, "canary", result.canary)))
+    elif observed.exists("Service", f"{name}-canary"):
+        draft.delete.append(Ref("v1", "Service", f"{name}-canary"))
+    if uses_http_route(observed, ctx):
+        weight = result.rollout.canary_weight if result.rollout and result.canary else None
+        draft.apply.append(stamped(serving.build_http_route(model, weight, _gateway_parent(model, ctx))))
+    elif observed.exists("HTTPRoute", name):
+        draft.delete.append(Ref("gateway.networking.k8s.io/v1", "HTTPRoute", name))
+
+
+def _scale(draft: _Draft, dep: DeploymentView | None, name: str, wanted: int, recorded: int | None) -> None:
+    """Set replicas, without fighting another owner: when someone else (kubectl scale, an HPA on
+    the Deployment) set them since our last decision, and our decision has not changed, leave them."""
+    if dep is not None and dep.replicas == wanted:
+        return
+    others = dep is not None and dep.replicas_manager not in (None, SCALE_MANAGER)
+    if others and recorded == wanted:
+        return
+    draft.scale.append(Scale(name, wanted))
+
+
+def _first_rollout(
+    model: SmallModel, key: str, revision: str, state: ArtifactState, observed: Observed, ctx: Context, draft: _Draft
+) -> _Serving:
+    prev = model.status.revisions or RevisionsStatus()
+    total = desired_replicas(model)
+    if not isinstance(state, Ready):
+        return _Serving(None, None, None, None, prev)
+    _apply_revision(model, revision, state.summary, total, observed, ctx, draft)
+    dep = observed.deployment(revision)
+    _scale(draft, dep, deployment_name(model.metadata.name, revision), total, prev.stable_replicas)
+    revisions = rollout.idle(prev.model_copy(update={"stable": revision, "stable_artifact_key": key}), total).revisions
+    return _Serving(revision, key, None, None, revisions)
+
+
+def _apply_revision(
+    model: SmallModel,
+    revision: str,
+    summary: ArtifactSummary,
+    replicas: int,
+    observed: Observed,
+    ctx: Context,
+    draft: _Draft,
 ) -> None:
-    if stable is not None:
-        draft.apply.append(stamped(serving.build_service(model)))
-        draft.apply.append(stamped(serving.build_service(model, "stable", stable)))
-    if canary is not None:
-        draft.apply.append(stamped(serving.build_service(model, "canary", canary)))
-    elif observed.exists("Service", f"{model.metadata.name}-canary"):
-        draft.delete.append(Ref("v1", "Service", f"{model.metadata.name}-canary"))
+    draft.apply.extend(_revision_objects(model, revision, summary, replicas, ctx))
+    pdb = deployment_name(model.metadata.name, revision)
+    if replicas <= 1 and observed.exists("PodDisruptionBudget", pdb):
+        draft.delete.append(Ref("policy/v1", "PodDisruptionBudget", pdb))
+
+
+def rollout_command(model: SmallModel) -> rollout.Command | None:
+    notes = model.metadata.annotations
+    if ANNOTATION_ABORT in notes:
+        return "abort"
+    if ANNOTATION_PROMOTE in notes:
+        return "promote"
+    return None
+
+
+def _plan_rollout(
+    model: SmallModel, key: str, revision: str, state: ArtifactState, observed: Observed, ctx: Context, draft: _Draft
+) -> _Serving:
+    """A stable revision serves: steady state, or a canary of the spec's revision."""
+    prev = model.status.revisions or RevisionsStatus()
+    assert prev.stable is not None
+    total = desired_replicas(model)
+    if isinstance(state, Ready) or revision == prev.stable:
+        obs = rollout.Observation(
+            target=revision,
+            target_key=key,
+            total=total,
+            stable_ready=len(observed.serving_pods(prev.stable)),
+            canary_ready=len(observed.serving_pods(revision)) if revision != prev.stable else 0,
+            window=observed.metrics,
+            now=rollout.parse_time(ctx.now) or 0.0,
+            now_text=ctx.now,
+            command=rollout_command(model),
+            http_route=uses_http_route(observed, ctx),
+        )
+        decision = rollout.decide(model.spec.rollout.canary, prev, obs)
+    else:  # the spec's artifact is not ready: no canary yet, a canary of an older spec ends
+        cleared = prev.model_copy(update={"canary": None}) if prev.canary else prev
+        decision = rollout.idle(cleared, total)
+    for note in decision.notes:
+        draft.event(note.type, note.reason, note.message)
+    new = decision.revisions
+    stable, canary = new.stable, new.canary
+    assert stable is not None
+    name = model.metadata.name
+    if canary is not None and isinstance(state, Ready):
+        _apply_revision(model, canary, state.summary, decision.canary_replicas, observed, ctx, draft)
+        _scale(draft, observed.deployment(canary), deployment_name(name, canary), decision.canary_replicas,
+               prev.canary_replicas if prev.canary == canary else None)  # fmt: skip
+    if stable == revision and isinstance(state, Ready):
+        _apply_revision(model, stable, state.summary, decision.stable_replicas, observed, ctx, draft)
+    recorded = prev.stable_replicas if prev.stable == stable else prev.canary_replicas
+    _scale(draft, observed.deployment(stable), deployment_name(name, stable), decision.stable_replicas, recorded)
+    return _Serving(stable, new.stable_artifact_key, canary, new.canary_artifact_key, new, decision)
 
 
 def _plan_serving(
     model: SmallModel, key: str, revision: str, state: ArtifactState, observed: Observed, ctx: Context, draft: _Draft
 ) -> _Serving:
-    """Steady state, first rollout, or replacing the stable revision once the new one is ready."""
     prev = model.status.revisions or RevisionsStatus()
-    stable, stable_key = prev.stable, prev.stable_artifact_key
-    replicas = desired_replicas(model)
-    canary: str | None = None
-    if isinstance(state, Ready):
-        draft.apply.extend(_revision_objects(model, revision, state.summary, replicas, ctx))
-        if replicas <= 1 and observed.exists("PodDisruptionBudget", deployment_name(model.metadata.name, revision)):
-            draft.delete.append(Ref("policy/v1", "PodDisruptionBudget", deployment_name(model.metadata.name, revision)))
-        dep = observed.deployment(revision)
-        if stable is None or stable == revision:
-            stable, stable_key = revision, key
-        elif dep is not None and dep.ready_replicas >= max(1, replicas):
-            draft.event("Normal", "RevisionPromoted", f"revision {revision} is ready and replaces {stable}")
-            stable, stable_key = revision, key
-        else:
-            canary = revision
-        if dep is None or dep.replicas != replicas:
-            draft.scale.append(Scale(deployment_name(model.metadata.name, revision), replicas))
-    if stable is not None and stable != revision:
-        dep = observed.deployment(stable)
-        if dep is not None and dep.replicas != replicas:
-            draft.scale.append(Scale(dep.name, replicas))
-    _prune_revisions(model, {stable, canary}, observed, draft)
-    _plan_services(model, stable, canary, observed, draft)
-    return _Serving(stable, stable_key, canary, key if canary else None)
+    if prev.stable is None:
+        result = _first_rollout(model, key, revision, state, observed, ctx, draft)
+    else:
+        result = _plan_rollout(model, key, revision, state, observed, ctx, draft)
+    _prune_revisions(model, {result.stable, result.canary}, observed, draft)
+    _plan_services(model, result, observed, ctx, draft)
+    return result
 
 
 def _optimized(state: ArtifactState) -> Want:
@@ -220,17 +343,35 @@ def _ready(model: SmallModel, revision: str, state: ArtifactState, result: _Serv
         return Want(COND_READY, "False", state.summary.reason or "OptimizerError", state.summary.message[:1000] + keeps)
     if isinstance(state, Building):
         return Want(COND_READY, "False", "Optimizing", f"waiting for Job {state.job}{keeps}")
+    last = result.revisions.last_rollback
+    if result.canary is None and last is not None and last.revision == revision and result.stable != revision:
+        return Want(COND_READY, "False", "RolledBack", f"revision {revision} was rolled back: {last.reason}{keeps}")
     waiting = next((p.unschedulable for p in observed.pods_of_revision(revision) if p.unschedulable), None)
     if waiting:
         return Want(COND_READY, "False", "Unschedulable", f"revision {revision} cannot be scheduled: {waiting}{keeps}")
+    if result.canary == revision and result.rollout is not None:
+        weight = result.revisions.canary_weight or 0
+        message = f"canary {revision} at {weight}%: {result.rollout.condition_message}{keeps}"
+        return Want(COND_READY, "False", "CanaryProgressing", message)
     ready = dep.ready_replicas if dep else 0
     return Want(
         COND_READY, "False", "Deploying", f"revision {revision}: {ready}/{max(1, replicas)} replicas ready{keeps}"
     )
 
 
+def _canary(result: _Serving) -> Want:
+    if result.rollout is None:
+        return Want(COND_CANARY, "False", "NoCanary", "no stable revision yet: the first rollout has no canary")
+    d = result.rollout
+    return Want(COND_CANARY, d.condition_status, d.condition_reason, d.condition_message)
+
+
+# Ready reasons after which nothing changes until the spec does.
+STALLED_REASONS = {"RolledBack"}
+
+
 def _kstatus(ready: Want, state: ArtifactState, result: _Serving) -> list[Want]:
-    stalled = isinstance(state, Failed)
+    stalled = isinstance(state, Failed) or ready.reason in STALLED_REASONS
     serving_old = result.stable is not None and stalled
     reason = ready.reason
     return [
@@ -255,20 +396,12 @@ def _status(
     ctx: Context,
 ) -> SmallModelStatus:
     live = [d for d in observed.deployments if d.revision in {result.stable, result.canary}]
-    prev = model.status.revisions or RevisionsStatus()
-    revisions = RevisionsStatus(
-        stable=result.stable,
-        stable_artifact_key=result.stable_key,
-        canary=result.canary,
-        canary_artifact_key=result.canary_key,
-        last_rollback=prev.last_rollback,
-    )
     return model.status.model_copy(
         update={
             "observed_generation": model.metadata.generation,
             "conditions": merge(model.status.conditions, wants, model.metadata.generation, ctx.now),
             "artifact": artifact_status(state, key),
-            "revisions": revisions,
+            "revisions": result.revisions,
             "replicas": sum(d.replicas for d in live),
             "ready_replicas": sum(d.ready_replicas for d in live),
             "selector": serving.selector_string(model),
@@ -278,7 +411,8 @@ def _status(
 
 
 # Progress reasons that are not news; everything else that moves is an Event.
-QUIET_REASONS = {"Optimizing", "Deploying"}
+# CanaryProgressing and RolledBack: the rollout posts its own Events.
+QUIET_REASONS = {"Optimizing", "Deploying", "CanaryProgressing", "RolledBack"}
 
 
 def _transition_events(before: SmallModelStatus, after: SmallModelStatus, draft: _Draft) -> None:
@@ -307,9 +441,16 @@ def plan(model: SmallModel, observed: Observed, ctx: Context) -> Plan:
     _plan_artifact(model, key, state, observed, ctx, draft)
     result = _plan_serving(model, key, revision, state, observed, ctx, draft)
     ready = _ready(model, revision, state, result, observed)
-    wants = [_optimized(state), ready, *_kstatus(ready, state, result)]
+    wants = [_optimized(state), ready, _canary(result), *_kstatus(ready, state, result)]
     status = _status(model, key, state, result, observed, wants, ctx)
     _transition_events(model.status, status, draft)
+    clear = tuple(a for a in (ANNOTATION_PROMOTE, ANNOTATION_ABORT) if a in model.metadata.annotations)
     return Plan(
-        tuple(draft.apply), tuple(draft.delete), tuple(draft.scale), tuple(draft.annotate), tuple(draft.events), status
+        tuple(draft.apply),
+        tuple(draft.delete),
+        tuple(draft.scale),
+        tuple(draft.annotate),
+        tuple(draft.events),
+        status,
+        clear,
     )

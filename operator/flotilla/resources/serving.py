@@ -8,6 +8,8 @@ name from the directory, so one artifact serves any SmallModel name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flotilla.api.v1alpha1 import (
     COMPONENT_SERVER,
     GPU_PRODUCT_LABEL,
@@ -228,12 +230,73 @@ def _ports() -> list[Obj]:
 
 
 def build_service(model: SmallModel, suffix: str = "", revision: str | None = None) -> Obj:
-    """`<name>` selects every serving pod; `<name>-stable|canary` one revision each."""
+    """`<name>-stable|canary` select one revision each. `<name>` (no revision) has no selector:
+    its endpoints are the EndpointSlice the operator writes (`build_endpoint_slice`), so a
+    revision's pods are behind it only while the rollout gives that revision traffic."""
     name = model.metadata.name + (f"-{suffix}" if suffix else "")
-    selector = revision_selector(model, revision) if revision else server_selector(model)
+    spec: Obj = {"type": "ClusterIP", "ports": _ports() if revision else _plain_ports()}
+    if revision:
+        spec["selector"] = revision_selector(model, revision)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": object_meta(model, name, COMPONENT_SERVER), "spec": spec}
+
+
+def _plain_ports() -> list[Obj]:
+    """A selectorless Service's targetPort is not used: the EndpointSlice names the ports."""
+    return [{"name": p["name"], "port": p["port"], "targetPort": p["port"]} for p in _ports()]
+
+
+ENDPOINT_SLICE_MANAGER = "flotilla.dev/operator"  # endpointslice.kubernetes.io/managed-by
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod: str
+    ip: str
+    node: str | None
+
+
+def endpoint_slice_name(model: str) -> str:
+    return f"{model}-serving"
+
+
+def build_endpoint_slice(model: SmallModel, endpoints: list[Endpoint]) -> Obj:
+    """The endpoints of Service `<name>`: the ready pods of the revisions that take traffic."""
+    meta = object_meta(model, endpoint_slice_name(model.metadata.name), COMPONENT_SERVER)
+    meta["labels"] = {
+        **meta["labels"],
+        "kubernetes.io/service-name": model.metadata.name,
+        "endpointslice.kubernetes.io/managed-by": ENDPOINT_SLICE_MANAGER,
+    }
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": meta,
+        "addressType": "IPv4",
+        "ports": [{"name": p["name"], "port": p["port"], "protocol": "TCP"} for p in _ports()],
+        "endpoints": [
+            {
+                "addresses": [e.ip],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "targetRef": {"kind": "Pod", "name": e.pod, "namespace": model.metadata.namespace},
+                **({"nodeName": e.node} if e.node else {}),
+            }
+            for e in sorted(endpoints, key=lambda e: e.pod)
+        ],
+    }
+
+
+def build_http_route(model: SmallModel, canary_weight: int | None, parent: Obj | None) -> Obj:
+    """Gateway API route of the model: exact stable/canary weights (percent)."""
+    name = model.metadata.name
+    backends: list[Obj] = [{"name": f"{name}-stable", "port": HTTP_PORT, "weight": 100 - (canary_weight or 0)}]
+    if canary_weight is not None:
+        backends.append({"name": f"{name}-canary", "port": HTTP_PORT, "weight": canary_weight})
+    spec: Obj = {"rules": [{"backendRefs": backends}]}
+    if parent:
+        spec["parentRefs"] = [parent]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
         "metadata": object_meta(model, name, COMPONENT_SERVER),
-        "spec": {"type": "ClusterIP", "selector": selector, "ports": _ports()},
+        "spec": spec,
     }

@@ -20,6 +20,14 @@ FINALIZER = f"{GROUP}/finalizer"
 # kopf keeps progress and the last handled spec in annotations under our own prefix.
 ANNOTATION_PREFIX = GROUP
 
+# Writers of fields the operator owns apart from its server-side applies.
+SCALE_MANAGER = f"{FIELD_MANAGER}-scaler"  # Deployment replicas, through the scale subresource
+
+# Manual rollout commands (`flotilla promote|abort NAME`): set on the SmallModel, honoured once
+# and removed by the operator.
+ANNOTATION_PROMOTE = f"{GROUP}/promote"
+ANNOTATION_ABORT = f"{GROUP}/abort"
+
 # Labels on every child object.
 LABEL_MODEL = f"{GROUP}/model"
 LABEL_COMPONENT = f"{GROUP}/component"  # optimizer | server

@@ -29,6 +29,7 @@ class ObjectMeta(BaseModel):
     generation: int = 0
     resource_version: str = Field(default="", alias="resourceVersion")
     deletion_timestamp: str | None = Field(default=None, alias="deletionTimestamp")
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class SmallModel(BaseModel):

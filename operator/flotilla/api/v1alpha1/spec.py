@@ -200,17 +200,51 @@ class CanarySpec(ApiModel):
         max_length=10,
         description="Traffic percentages the canary walks through, strictly ascending, ending at 100.",
     )
-    step_seconds: int = Field(default=60, ge=1, le=86_400, description="Minimum time spent at each step.")
+    step_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=86_400,
+        description="Minimum time spent at each step, counted from the moment the "
+        "canary's pods for the step are ready.",
+    )
     min_requests: int = Field(
-        default=200, ge=0, description="Requests the canary must serve at a step before it is judged."
+        default=200,
+        ge=0,
+        le=10_000_000,
+        description="Requests the canary must serve at a step before the step can pass.",
     )
     max_latency_regression: float = Field(
-        default=0.10, ge=0, le=10, description="Largest allowed relative p95 increase over stable (0.10 = +10%)."
+        default=0.10,
+        ge=0,
+        le=2,
+        description="Largest allowed latency increase over stable, as a fraction (0.10 = +10%). The canary fails "
+        "when its latency is shown, with 95% confidence under repeated looks, to exceed stable's by more.",
     )
-    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="Largest allowed canary error rate.")
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        description="Largest allowed canary error rate, as a fraction of its requests (0.01 = 1%). The canary "
+        "fails when its error rate is shown, with 95% confidence under repeated looks, to exceed this.",
+    )
+    max_step_extensions: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="How many times a step whose verdict is still inconclusive after stepSeconds (too little "
+        "traffic or evidence) is extended by another stepSeconds before onInconclusive applies.",
+    )
+    on_inconclusive: Literal["Hold", "Promote", "Rollback"] = Field(
+        default="Hold",
+        description="What an inconclusive step does once its extensions are spent: Hold (stay at the step, keep "
+        "judging, say why in the CanaryProgressing condition), Promote (go on as if it passed) or Rollback.",
+    )
 
     cel_rules = (
-        ("self.steps[self.steps.size() - 1] == 100", "rollout.canary.steps must end at 100"),
+        (
+            "self.steps.size() > 0 && self.steps[self.steps.size() - 1] == 100",
+            "rollout.canary.steps must end at 100",
+        ),
         (
             "self.steps.isSorted() && self.steps.all(s, self.steps.exists_one(t, t == s))",
             "rollout.canary.steps must be strictly ascending",
@@ -226,9 +260,29 @@ class CanarySpec(ApiModel):
         return self
 
 
+class ParentReference(ApiModel):
+    name: str = Field(min_length=1, max_length=253, description="Name of the Gateway.")
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of the Gateway; the SmallModel's own when unset.",
+    )
+    section_name: str | None = Field(
+        default=None, max_length=253, description="Listener of the Gateway to attach to (all when unset)."
+    )
+
+
 class RolloutSpec(ApiModel):
     canary: CanarySpec = Field(
-        default_factory=CanarySpec, description="How a new serving revision is promoted over the stable one."
+        default_factory=CanarySpec,
+        description="How a new serving revision is promoted over the stable one. steps [100] replaces the "
+        "stable revision as soon as the new one is ready, without judging it.",
+    )
+    gateway_ref: ParentReference | None = Field(
+        default=None,
+        description="Gateway that the model's HTTPRoute attaches to, where the cluster serves the Gateway "
+        "API (overrides the operator's gatewayParent setting). Canary weights are set on that HTTPRoute.",
     )
 
 

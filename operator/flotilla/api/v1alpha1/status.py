@@ -52,7 +52,7 @@ class ArtifactStatus(StatusModel):
 
 class RollbackStatus(StatusModel):
     revision: str = Field(description="The serving revision that was rolled back.")
-    reason: str = Field(description="Why the canary failed.")
+    reason: str = Field(description="Why the canary failed, with the measured numbers.")
     time: str = Field(description="When (RFC 3339).")
 
 
@@ -61,9 +61,29 @@ class RevisionsStatus(StatusModel):
     stable_artifact_key: str | None = Field(default=None, description="Artifact the stable revision serves.")
     canary: str | None = Field(default=None, description="Serving revision under evaluation, if any.")
     canary_artifact_key: str | None = Field(default=None, description="Artifact the canary serves.")
-    canary_weight: int | None = Field(default=None, ge=0, le=100, description="Canary share of traffic, percent.")
+    canary_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Canary share of traffic now in effect, percent."
+    )
     step: int | None = Field(default=None, ge=0, description="Index into rollout.canary.steps.")
-    step_started_time: str | None = Field(default=None, description="When the current step began (RFC 3339).")
+    step_started_time: str | None = Field(
+        default=None, description="When the current step's canary pods were ready and the step began (RFC 3339)."
+    )
+    step_extensions: int | None = Field(default=None, ge=0, description="Times the current step was extended.")
+    step_requests: int | None = Field(default=None, ge=0, description="Canary requests seen in the current step.")
+    started_time: str | None = Field(default=None, description="When this canary started (RFC 3339).")
+    traffic: str | None = Field(
+        default=None,
+        description="How traffic is split: HTTPRoute (exact weights on the model's HTTPRoute) or ReadyReplicas "
+        "(in proportion to ready pods behind the model's Service), with the approximation in words.",
+    )
+    stable_replicas: int | None = Field(default=None, ge=0, description="Replicas the operator set on stable.")
+    canary_replicas: int | None = Field(default=None, ge=0, description="Replicas the operator set on the canary.")
+    evidence: dict[str, float] | None = Field(
+        default=None,
+        description="The canary judge's accumulated evidence (sufficient statistics), so a "
+        "restarted operator resumes the test where it was.",
+    )
+    verdict: str | None = Field(default=None, description="The judge's last verdict in words.")
     last_rollback: RollbackStatus | None = Field(default=None, description="The last failed canary.")
 
 
@@ -77,8 +97,16 @@ class LatencyStatus(StatusModel):
 
 class ScalingStatus(StatusModel):
     desired_replicas: int | None = Field(default=None, ge=0, description="Replicas the autoscaler wants.")
-    reason: str | None = Field(default=None, description="Why, in words.")
+    reason: str | None = Field(default=None, description="Why, in words, with the inputs it used.")
     last_scale_time: str | None = Field(default=None, description="When replicas last changed (RFC 3339).")
+    cold_start_seconds: float | None = Field(
+        default=None, ge=0, description="Measured time from scale-from-zero to the first ready replica."
+    )
+    state: dict[str, float] | None = Field(
+        default=None,
+        description="The control law's memory (feedback correction, headroom timer), so a "
+        "restarted operator decides as before.",
+    )
 
 
 class SmallModelStatus(StatusModel):
