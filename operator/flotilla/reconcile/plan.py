@@ -32,6 +32,7 @@ from flotilla.resources import optimizer, serving
 from flotilla.resources.meta import Obj, config_map_name, deployment_name, stamped
 from flotilla.rollout import machine as rollout
 
+from . import scaling
 from .artifact import ArtifactState, Building, Failed, Ready, artifact_state, artifact_status, describe
 from .conditions import Want, merge, transitioned
 from .observed import ANNOTATION_RESULT, DeploymentView, Observed
@@ -437,11 +438,13 @@ def plan(model: SmallModel, observed: Observed, ctx: Context) -> Plan:
     key = artifact_key(spec.source, spec.optimize)
     revision = serving_revision(key, spec.serving)
     draft = _Draft()
+    model, latency = scaling.decide(model, observed, ctx.now, ctx.config.metrics_interval_seconds)
     state = artifact_state(model, key, observed)
     _plan_artifact(model, key, state, observed, ctx, draft)
     result = _plan_serving(model, key, revision, state, observed, ctx, draft)
     ready = _ready(model, revision, state, result, observed)
     wants = [_optimized(state), ready, _canary(result), *_kstatus(ready, state, result)]
+    wants += [latency] if latency is not None else []
     status = _status(model, key, state, result, observed, wants, ctx)
     _transition_events(model.status, status, draft)
     clear = tuple(a for a in (ANNOTATION_PROMOTE, ANNOTATION_ABORT) if a in model.metadata.annotations)

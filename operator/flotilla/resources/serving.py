@@ -245,7 +245,7 @@ def _plain_ports() -> list[Obj]:
     return [{"name": p["name"], "port": p["port"], "targetPort": p["port"]} for p in _ports()]
 
 
-ENDPOINT_SLICE_MANAGER = "flotilla.dev/operator"  # endpointslice.kubernetes.io/managed-by
+ENDPOINT_SLICE_MANAGER = "operator.flotilla.dev"  # endpointslice.kubernetes.io/managed-by
 
 
 @dataclass(frozen=True)

@@ -210,49 +210,51 @@ def _judge(spec: CanarySpec, state: RevisionsStatus, obs: Observation) -> tuple[
 
 def _progress(spec: CanarySpec, state: RevisionsStatus, obs: Observation) -> Decision:
     """One look at a rollout in progress."""
-    notes: list[Note] = []
     state, verdict = _judge(spec, state, obs)
     if verdict.decision == "fail":
         return _rollback(state, obs, verdict.message)
-    step = state.step or 0
-    weight = spec.steps[min(step, len(spec.steps) - 1)]
-    canary_target = canary_replicas_for(weight, obs.total)
-    if weight >= 100 or spec.steps == [100]:
-        if obs.canary_ready >= canary_target:
-            return _promote(state, obs, "after every step passed" if len(spec.steps) > 1 else "once ready")
-        reason, message = "Promoting", f"scaling {state.canary} to {canary_target} replicas ({obs.canary_ready} ready)"
-    else:
-        reason, message = "Progressing", ""
-        started = parse_time(state.step_started_time)
-        if started is None and obs.canary_ready >= canary_target:
-            state, started = _with(state, step_started_time=obs.now_text), obs.now
-        elapsed = obs.now - started if started is not None else 0.0
-        due = spec.step_seconds * (1 + (state.step_extensions or 0))
-        if started is not None and elapsed >= due:
-            if verdict.decision == "pass" and (state.step_requests or 0) >= spec.min_requests:
-                notes.append(Note("Normal", "StepPassed", f"step {step} ({weight}%) passed: {verdict.message}"))
-                state = _advance(state)
-            else:
-                state, done, note, reason = _inconclusive(spec, state, verdict, obs)
-                if done is not None:
-                    return done
-                notes += [note] if note else []
-        if state.step != step:  # moved on: size for the next step at once
-            return _progress_sized(spec, state, obs, notes, "Progressing", f"step {step} passed")
-        spent = (state.step_extensions or 0) >= spec.max_step_extensions
-        if started is None:
-            message = f"waiting for {canary_target} canary replicas ({obs.canary_ready} ready)"
-        elif spent and elapsed >= due:
-            message = (
-                f"held at step {step + 1}/{len(spec.steps)} ({weight}%) after {spec.max_step_extensions} extensions "
-                f"(onInconclusive: Hold): {state.step_requests or 0} canary requests this step, "
-                f"{spec.min_requests} needed; {verdict.message}"
-            )
+    weight = spec.steps[min(state.step or 0, len(spec.steps) - 1)]
+    if weight < 100:
+        return _step(spec, state, verdict, obs)
+    target = canary_replicas_for(weight, obs.total)
+    if obs.canary_ready >= target:
+        return _promote(state, obs, "after every step passed" if len(spec.steps) > 1 else "once ready")
+    message = f"scaling {state.canary} to {target} replicas ({obs.canary_ready} ready)"
+    return _progress_sized(spec, state, obs, [], "Promoting", message)
+
+
+def _step(spec: CanarySpec, state: RevisionsStatus, verdict: Verdict, obs: Observation) -> Decision:
+    """A step below 100%: start its clock once its pods are ready; pass, extend or hold when due."""
+    notes: list[Note] = []
+    reason, step = "Progressing", state.step or 0
+    weight, target = spec.steps[step], canary_replicas_for(spec.steps[step], obs.total)
+    started = parse_time(state.step_started_time)
+    if started is None and obs.canary_ready >= target:
+        state, started = _with(state, step_started_time=obs.now_text), obs.now
+    if started is None:
+        message = f"waiting for {target} canary replicas ({obs.canary_ready} ready)"
+        return _progress_sized(spec, state, obs, notes, reason, message)
+    elapsed = obs.now - started
+    due = spec.step_seconds * (1 + (state.step_extensions or 0))
+    if elapsed >= due:
+        if verdict.decision == "pass" and (state.step_requests or 0) >= spec.min_requests:
+            notes.append(Note("Normal", "StepPassed", f"step {step} ({weight}%) passed: {verdict.message}"))
+            state = _advance(state)
         else:
-            message = (
-                f"step {step + 1}/{len(spec.steps)} at {weight}% for {elapsed:.0f}/{due}s, "
-                f"{state.step_requests or 0}/{spec.min_requests} requests; {verdict.message}"
-            )
+            state, done, note, reason = _inconclusive(spec, state, verdict, obs)
+            if done is not None:
+                return done
+            notes += [note] if note else []
+    if state.step != step:  # moved on: size for the next step at once
+        return _progress_sized(spec, state, obs, notes, "Progressing", f"step {step} passed")
+    seen = f"{state.step_requests or 0} canary requests this step, {spec.min_requests} needed"
+    if (state.step_extensions or 0) >= spec.max_step_extensions and elapsed >= due:
+        message = (
+            f"held at step {step + 1}/{len(spec.steps)} ({weight}%) after {spec.max_step_extensions} extensions "
+            f"(onInconclusive: Hold): {seen}; {verdict.message}"
+        )
+    else:
+        message = f"step {step + 1}/{len(spec.steps)} at {weight}% for {elapsed:.0f}/{due}s, {seen}; {verdict.message}"
     return _progress_sized(spec, state, obs, notes, reason, message)
 
 
