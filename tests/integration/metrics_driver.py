@@ -22,9 +22,14 @@ class Profile:
     """What every pod of one revision sees, per pod."""
 
     rate: float  # requests per second
-    latency_ms: float  # mean request latency
+    latency_ms: float  # mean request latency (queue + compute)
     error_rate: float = 0.0
     batch: float = 1.0  # mean batch size Triton forms
+    service_ms: float | None = None  # compute time of a batch; the rest of the latency is queueing
+
+    @property
+    def compute_ms(self) -> float:
+        return min(self.service_ms if self.service_ms is not None else self.latency_ms * 0.85, self.latency_ms)
 
 
 @dataclass
@@ -82,12 +87,14 @@ class MetricsDriver:
         requests = profile.rate * elapsed * jitter
         failed = requests * profile.error_rate
         ok = requests - failed
-        latency_us = profile.latency_ms * 1000 * self._rng.uniform(0.95, 1.05)
+        noise = self._rng.uniform(0.95, 1.05)
+        latency_us = profile.latency_ms * 1000 * noise
+        compute_us = profile.compute_ms * 1000 * noise  # Triton adds a batch's time to each of its requests
         state.success += ok
         state.failure += failed
         state.request_us += ok * latency_us
-        state.queue_us += ok * latency_us * 0.1
-        state.compute_us += ok * latency_us * 0.85
+        state.queue_us += ok * max(latency_us - compute_us, 0.0)
+        state.compute_us += ok * compute_us
         state.inferences += requests
         state.executions += requests / max(profile.batch, 1.0)
         state.quantiles = {q: latency_us * f for q, f in ((0.5, 0.9), (0.9, 1.3), (0.95, 1.5), (0.99, 2.0))}

@@ -1,24 +1,30 @@
-"""The local control plane is real: scheduling, controllers, GC, CEL, RBAC, restart.
+"""The local control plane is real: scheduling, controllers, GC, CEL, RBAC, restart,
+supervision of its components, the Gateway API CRDs; and a real Prometheus.
 
 Every wait here is for a state the cluster must reach; none asserts how fast it got there.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import pytest
 import yaml
 
+from localcluster import build, gatewayapi, procs, prometheus, supervisor
 from localcluster import cluster as lc
-from localcluster import procs
 from localcluster.cluster import Cluster, wait_for
 from localcluster.nodes import load_pools, node_manifests
+from localcluster.pytest_plugin import PrometheusFactory
 from localcluster.versions import load_versions
 
 pytestmark = pytest.mark.cluster
@@ -334,6 +340,8 @@ def test_kwok_leaves_nodes_without_its_annotation_alone(cluster: Cluster) -> Non
 def test_up_recovers_from_crashed_components(cluster: Cluster) -> None:
     """Stale pid files of a crashed run are handled, not fatal."""
     marker = str(cluster.settings.cluster_dir)
+    # A crashed run: the supervisor is gone too (else it would restart the components).
+    assert supervisor.stop_supervisor(cluster.settings) is not None
     pids = procs.read_pid_files(cluster.settings.cluster_dir / "pids")
     crashed = [pids["kube-scheduler"], pids["kwok-controller"]]
     for pid in crashed:
@@ -345,6 +353,7 @@ def test_up_recovers_from_crashed_components(cluster: Cluster) -> None:
     status = lc.inspect(cluster.settings)
     assert status.running
     assert status.nodes_ready == status.nodes_total == len(node_manifests(load_pools()))
+    assert status.supervisor is not None  # up started a new one
 
 
 @pytest.mark.cluster_restart
@@ -361,3 +370,185 @@ def test_cluster_survives_down_then_up(cluster: Cluster) -> None:
     nodes = cluster.kubectl_json("get", "nodes", "-l", "localcluster.flotilla.dev/pool")["items"]
     assert len(nodes) == len(node_manifests(load_pools()))
     assert all(is_ready(n) for n in nodes)
+
+
+# ---------------------------------------------------------------- supervision
+
+
+def component_pids(cluster: Cluster) -> dict[str, int]:
+    return procs.read_pid_files(cluster.settings.cluster_dir / "pids")
+
+
+def wait_running_again(cluster: Cluster, names: tuple[str, ...], old: dict[str, int], timeout: float) -> None:
+    marker = str(cluster.settings.cluster_dir)
+
+    def replaced() -> bool:
+        pids = component_pids(cluster)
+        return all(pids.get(n) not in (None, old[n]) and procs.is_ours(pids[n], marker) for n in names)
+
+    wait_for(replaced, timeout=timeout, what=f"the supervisor to restart {', '.join(names)}", interval=0.5)
+
+
+def roll_out(cluster: Cluster, namespace: str, name: str, timeout: float = WAIT_S) -> list[dict[str, Any]]:
+    """A 2-replica Deployment on the CPU nodes, rolled out: needs the controller-manager
+    (ReplicaSet, pods), the scheduler (binding) and KWOK (Running/Ready)."""
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pause_pod_spec({})},
+        },
+    }
+    apply(cluster, namespace, deployment)
+    cluster.kubectl("rollout", "status", f"deployment/{name}", "-n", namespace, f"--timeout={timeout:.0f}s")
+    placed = pods(cluster, namespace, f"app={name}")
+    assert len(placed) == 2
+    assert all(p["spec"].get("nodeName") and is_ready(p) for p in placed)
+    return placed
+
+
+@pytest.mark.cluster_restart
+def test_supervisor_restarts_killed_scheduler_and_controller_manager(cluster: Cluster, namespace: str) -> None:
+    settings = cluster.settings
+    assert supervisor.running_pid(settings) is not None
+    before = supervisor.restart_counts(settings)
+    old = component_pids(cluster)
+    names = ("kube-scheduler", "kube-controller-manager")
+    for name in names:
+        os.kill(old[name], signal.SIGKILL)
+    wait_running_again(cluster, names, old, timeout=30)
+
+    after = supervisor.restart_counts(settings)
+    for name in names:
+        assert after[name] == before.get(name, 0) + 1
+        log = (settings.cluster_dir / "logs" / f"{name}.log").read_text(errors="replace")
+        assert f"localcluster-supervisor: {name}: pid {old[name]} exited" in log
+    status = lc.inspect(settings)
+    assert status.running
+    assert status.restarts["kube-scheduler"] == after["kube-scheduler"]
+    assert any("restarts: " in line for line in lc.describe(status))
+    # The new instances take over the leases (after the dead holders' 15 s run out) and work.
+    roll_out(cluster, namespace, "after-kill")
+
+
+@pytest.mark.cluster_restart
+def test_control_plane_recovers_from_a_frozen_api_server(cluster: Cluster, namespace: str) -> None:
+    """45 s without an API server: the controller-manager and scheduler lose their leader
+    leases and exit (as they do on a real cluster, where kubelet restarts them)."""
+    settings = cluster.settings
+    before = supervisor.restart_counts(settings)
+    old = component_pids(cluster)
+    os.kill(old["kube-apiserver"], signal.SIGSTOP)
+    try:
+        time.sleep(45)
+    finally:
+        os.kill(old["kube-apiserver"], signal.SIGCONT)
+    names = ("kube-controller-manager", "kube-scheduler")
+    wait_running_again(cluster, names, old, timeout=60)
+    after = supervisor.restart_counts(settings)
+    assert all(after[n] > before.get(n, 0) for n in names)
+    assert component_pids(cluster)["kube-apiserver"] == old["kube-apiserver"]  # frozen, not dead
+    roll_out(cluster, namespace, "after-freeze")
+    assert lc.inspect(settings).running
+
+
+# ---------------------------------------------------------------- Gateway API
+
+
+def httproute(name: str, weights: dict[str, int]) -> dict[str, Any]:
+    refs = [{"name": svc, "port": 8000, "weight": w} for svc, w in weights.items()]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name},
+        "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": refs}]},
+    }
+
+
+def test_gateway_api_crds_are_served_after_up(cluster: Cluster, namespace: str) -> None:
+    if not gatewayapi.enabled():
+        gatewayapi.install(cluster)  # this session runs without them (FLOTILLA_CLUSTER_GATEWAY_API=0)
+    assert gatewayapi.is_installed(cluster)
+    served = json.loads(cluster.kubectl("get", "--raw", "/apis/gateway.networking.k8s.io/v1").stdout)
+    assert {"httproutes", "gateways", "gatewayclasses", "grpcroutes"} <= {r["name"] for r in served["resources"]}
+    assert lc.inspect(cluster.settings).gateway_api == load_versions().gateway_api
+    # Canary weights, as the operator writes them, are accepted and kept.
+    apply(cluster, namespace, httproute("canary", {"stable": 90, "canary": 10}))
+    route = cluster.kubectl_json("get", "httproute", "canary", "-n", namespace)
+    assert [r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]] == [90, 10]
+    # The CRDs' own validation runs (weights are bounded).
+    bad = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=json.dumps(httproute("bad", {"x": -1})), check=False
+    )
+    assert bad.returncode != 0
+
+
+def test_gateway_api_can_be_removed_and_restored_at_test_time(cluster: Cluster) -> None:
+    gatewayapi.install(cluster)
+    try:
+        removed = gatewayapi.uninstall(cluster)
+        assert "httproutes.gateway.networking.k8s.io" in removed
+        assert not gatewayapi.is_installed(cluster)
+        gone = cluster.kubectl("get", "--raw", "/apis/gateway.networking.k8s.io/v1", check=False)
+        assert gone.returncode != 0
+    finally:
+        if gatewayapi.enabled():
+            gatewayapi.install(cluster)
+    if gatewayapi.enabled():
+        assert gatewayapi.is_installed(cluster)
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+METRICS = (
+    "# HELP flotilla_test_requests_total Requests served.\n"
+    "# TYPE flotilla_test_requests_total counter\n"
+    'flotilla_test_requests_total{model="smollm2",code="200"} 42\n'
+)
+
+
+@pytest.fixture
+def metrics_endpoint() -> Iterator[str]:
+    """A tiny HTTP server answering /metrics with a fixed exposition text; its host:port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = METRICS.encode()
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_prometheus_scrapes_a_local_endpoint(prometheus_factory: PrometheusFactory, metrics_endpoint: str) -> None:
+    prom = prometheus_factory(prometheus.scrape_config([metrics_endpoint], job="fake-triton", interval="1s"))
+    assert prom.url.startswith("http://127.0.0.1:")
+
+    def scraped() -> list[dict[str, Any]]:
+        return prom.query('flotilla_test_requests_total{job="fake-triton"}')
+
+    (series,) = wait_for(scraped, timeout=30, what="Prometheus to scrape the endpoint", interval=0.5)
+    assert series["metric"]["model"] == "smollm2"
+    assert series["metric"]["instance"] == metrics_endpoint
+    assert float(series["value"][1]) == 42
+    (up,) = prom.query('up{job="fake-triton"}')
+    assert up["value"][1] == "1"
+    info = prom.api("status/buildinfo")  # the version ldflags took
+    assert info["version"] == build.prometheus_release(load_versions().prometheus)
