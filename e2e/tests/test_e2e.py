@@ -1,7 +1,9 @@
 """The whole path on this machine: kubectl apply -> the real optimizer Job on SmolLM2-135M ->
 the real tritonserver serving it on the process node -> answers through the Service's
-endpoints. Then a serving change rolls with no failed request, an unreachable budget leaves
-the stable revision serving, and deleting the model stops its processes.
+endpoints. Then, under open-loop load, a harmless serving change is promoted through the
+canary and a latency regression is rolled back, with no failed request; the autoscaler adds a
+replica when the load steps past one replica's capacity and removes it after the delay; an
+unreachable budget leaves the stable revision serving; deleting the model stops its processes.
 
 The tests of this module run in order and share one model (`chat`), as a user would.
 """
@@ -9,10 +11,12 @@ The tests of this module run in order and share one model (`chat`), as a user wo
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,29 +156,216 @@ def test_artifact_accuracy_is_within_the_budget(stack: Stack) -> None:
     assert logs and "evaluate" in logs[0].read_text()
 
 
-class Sampler(threading.Thread):
-    """One generate request a second through the Service's current endpoints, like a client
-    re-resolving the Service; records every failure."""
+class OpenLoad(threading.Thread):
+    """Open-loop load: Poisson arrivals at `rate` per second, each request sent to a random ready
+    endpoint of the model's Service (as kube-proxy spreads them), on a pool of threads so a slow
+    answer never delays the next arrival. Records every failure, latency and the time-weighted
+    number of requests in flight."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, rate: float, max_tokens: int = 8, seed: int = 1) -> None:
         super().__init__(daemon=True)
-        self.stack, self.stop_flag = stack, threading.Event()
-        self.ok, self.failures = 0, []  # type: tuple[int, list[str]]
+        self.stack, self.rate, self.max_tokens = stack, rate, max_tokens
+        self.stop_flag = threading.Event()
+        self.random = random.Random(seed)
+        self.failures: list[str] = []
+        self.latencies: list[tuple[float, float]] = []  # (finished at, seconds)
         self.backends: set[str] = set()
+        self.urls: list[str] = []
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._busy_area = 0.0  # integral of in-flight over time
+        self._last = time.monotonic()
+        self._started = self._last
 
-    def run(self) -> None:
+    def set_rate(self, rate: float) -> None:
+        self.rate = rate
+
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._busy_area += self._in_flight * (now - self._last)
+            self._last, self._in_flight = now, self._in_flight + delta
+
+    def mean_in_flight(self) -> float:
+        self._count(0)
+        return self._busy_area / max(self._last - self._started, 1e-9)
+
+    def _refresh(self) -> None:
         while not self.stop_flag.is_set():
             try:
-                urls = self.stack.endpoints()
-                if not urls:
-                    raise RuntimeError("no ready endpoint")
-                url = urls[self.ok % len(urls)]
-                generate(url, MODEL, "Say hello.", 4)
-                self.ok += 1
+                self.urls = self.stack.endpoints()
+            except Exception as err:  # a failed look keeps the last list, as kube-proxy would
+                self.failures.append(f"{time.strftime('%H:%M:%S')} endpoints: {err}")
+            self.stop_flag.wait(0.5)
+
+    def _one(self, url: str) -> None:
+        started = time.monotonic()
+        self._count(+1)
+        try:
+            generate(url, MODEL, "Say hello.", self.max_tokens, timeout=60)
+            with self._lock:
+                self.latencies.append((time.monotonic(), time.monotonic() - started))
                 self.backends.add(url)
-            except Exception as err:
-                self.failures.append(f"{time.strftime('%H:%M:%S')} {type(err).__name__}: {err}")
-            self.stop_flag.wait(1.0)
+        except Exception as err:
+            self.failures.append(f"{time.strftime('%H:%M:%S')} {url} {type(err).__name__}: {err}")
+        finally:
+            self._count(-1)
+
+    def run(self) -> None:
+        threading.Thread(target=self._refresh, daemon=True).start()
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            while not self.stop_flag.is_set():
+                self.stop_flag.wait(self.random.expovariate(self.rate))
+                if self.urls:
+                    pool.submit(self._one, self.random.choice(self.urls))
+                elif not self.stop_flag.is_set():
+                    self.failures.append(f"{time.strftime('%H:%M:%S')} no ready endpoint")
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(timeout=150)
+
+    def p95(self, since: float = 0.0) -> float:
+        values = sorted(d for t, d in self.latencies if t >= since)
+        return values[int(0.95 * (len(values) - 1))] if values else float("nan")
+
+
+def _capacity(stack: Stack, seconds: float = 12.0, clients: int = 4) -> tuple[float, float]:
+    """Closed loop with `clients` at once against the stable pods: (requests/s, mean seconds)."""
+    urls = stack.endpoints()
+    done: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            generate(urls[i % len(urls)], MODEL, "Say hello.", 8, timeout=60)
+            done.append(time.monotonic() - started)
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(client, range(clients)))
+    return len(done) / seconds, sum(done) / len(done)
+
+
+# Fast enough for a test, still the same machine: 50% then 100%, judged over 20 s steps.
+E2E_CANARY = {"canary": {"steps": [50, 100], "stepSeconds": 20, "minRequests": 60, "maxErrorRate": 0.05,
+                         "maxStepExtensions": 4}}  # fmt: skip
+
+
+def _rollout(stack: Stack, change: dict[str, Any], outcome: str, load: OpenLoad) -> tuple[float, dict[str, Any]]:
+    """Apply `change` under `load`; seconds until CanaryProgressing says `outcome`."""
+    applied = time.monotonic()
+    stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel({**change, "rollout": E2E_CANARY}))
+
+    def done() -> dict[str, Any] | None:
+        cond = stack.condition("CanaryProgressing")
+        if cond.get("reason") in {"Promoted", "RolledBack"} and cond.get("lastTransitionTime", "") >= started_at:
+            return cond
+        return None
+
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    cond = wait_for(done, timeout=900, what=f"the canary {outcome}", interval=1)
+    assert cond["reason"] == outcome, f"{cond}\n{stack.operator.log()[-3000:]}"
+    return time.monotonic() - applied, cond
+
+
+def test_a_harmless_change_is_promoted_under_load(stack: Stack) -> None:
+    before = stack.status()["revisions"]["stable"]
+    rate, mean = _capacity(stack)
+    # About four requests in flight at the stable pod's own pace (Little's law), open loop.
+    load = OpenLoad(stack, rate=max(rate, 1.0))
+    load.start()
+    try:
+        time.sleep(5)
+        seconds, _ = _rollout(stack, {"serving": {"maxBatchSize": 8}}, "Promoted", load)
+        wait_for(lambda: not stack.get("deployment", f"{MODEL}-{before[:8]}"), timeout=120, what="old revision removed")
+        time.sleep(8)  # keep sending past the old pods' preStop and shutdown
+    finally:
+        load.stop()
+    in_flight = load.mean_in_flight()
+    print(
+        f"harmless change -> promoted: {seconds:.0f}s; {len(load.latencies)} requests at {load.rate:.1f}/s, "
+        f"mean in flight {in_flight:.1f}, p95 {load.p95():.2f}s (closed loop x4: {rate:.1f}/s, {mean:.2f}s)"
+    )
+    assert load.failures == [], load.failures
+    assert len(load.backends) >= 2, load.backends  # answered by both revisions
+    assert in_flight >= 3.0, in_flight  # the rate of 4 closed-loop clients: about 4 in flight
+    revisions = stack.status()["revisions"]
+    assert revisions["stable"] != before and "canary" not in revisions
+    assert stack.condition("Ready")["status"] == "True"
+
+
+def test_a_latency_regression_is_rolled_back_under_load(stack: Stack) -> None:
+    stable = stack.status()["revisions"]["stable"]
+    stable_uid = stack.get("deployment", f"{MODEL}-{stable[:8]}")["metadata"]["uid"]
+    rate, _ = _capacity(stack)
+    load = OpenLoad(stack, rate=max(rate, 1.0), seed=2)
+    load.start()
+    try:
+        time.sleep(5)
+        # Requests wait up to 300 ms for a batch to fill: a real regression, as users make it.
+        seconds, cond = _rollout(stack, {"serving": {"maxBatchSize": 8, "maxQueueDelayMicroseconds": 300000}},
+                                 "RolledBack", load)  # fmt: skip
+        time.sleep(8)
+    finally:
+        load.stop()
+    print(f"latency regression -> rolled back: {seconds:.0f}s; {cond['message'][:300]}; "
+          f"{len(load.latencies)} requests, mean in flight {load.mean_in_flight():.1f}")  # fmt: skip
+    assert load.failures == [], load.failures
+    revisions = stack.status()["revisions"]
+    assert revisions["stable"] == stable and "canary" not in revisions
+    assert "latency" in revisions["lastRollback"]["reason"]
+    assert stack.get("deployment", f"{MODEL}-{stable[:8]}")["metadata"]["uid"] == stable_uid
+    assert "paris" in stack.ask().lower()
+
+
+def test_autoscaling_holds_the_objective_on_the_real_server(stack: Stack) -> None:
+    """One core per replica (cpu request 1 -> one onnxruntime thread), so a second replica on
+    this 2-core machine really adds capacity. Load steps past one replica's capacity, then drops."""
+    # Back to the stable spec first (the rolled-back change stays refused otherwise).
+    stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel({"serving": {"maxBatchSize": 8}}))
+    wait_for(lambda: not stack.status()["revisions"].get("canary"), timeout=60, what="no canary")
+    rate, mean = _capacity(stack, clients=1)  # one replica, no batching help: its service rate
+    threshold_ms = int(max(4 * mean * 1000, 200))
+    auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 2, "scaleDownDelaySeconds": 30,
+            "latencyObjective": {"percentile": 95, "thresholdMs": threshold_ms}}  # fmt: skip
+    stack.kubectl("apply", "-n", stack.namespace, "-f", "-",
+                  input=smallmodel({"serving": {"maxBatchSize": 8}, "autoscaling": auto}))  # fmt: skip
+    stable = stack.status()["revisions"]["stable"]
+    deployment = f"{MODEL}-{stable[:8]}"
+
+    def replicas() -> int:
+        return int((stack.get("deployment", deployment) or {}).get("spec", {}).get("replicas", 0))
+
+    timeline: list[tuple[float, int, Any]] = []
+    load = OpenLoad(stack, rate=0.3 * rate, seed=3)
+    load.start()
+    started = time.monotonic()
+    try:
+        wait_condition(stack, "LatencyObjectiveMet", "True", timeout=120)
+        assert replicas() == 1
+        stepped = time.monotonic()
+        load.set_rate(2.0 * rate)  # twice one replica's serial capacity
+        while time.monotonic() - stepped < 240:
+            timeline.append((time.monotonic() - started, replicas(), stack.status().get("latency", {}).get("p95Ms")))
+            if replicas() == 2 and stack.condition("LatencyObjectiveMet").get("status") == "True":
+                break
+            time.sleep(2)
+        reaction = time.monotonic() - stepped
+        assert replicas() == 2, timeline
+        wait_condition(stack, "LatencyObjectiveMet", "True", timeout=180)
+        recovered = time.monotonic() - stepped
+        calm = time.monotonic()
+        load.set_rate(0.2 * rate)
+        wait_for(lambda: replicas() == 1, timeout=240, what="scale down after the delay", interval=2)
+        down_after = time.monotonic() - calm
+    finally:
+        load.stop()
+    print(f"autoscaling: service {mean * 1000:.0f} ms, objective p95 <= {threshold_ms} ms; load {0.3 * rate:.1f} -> "
+          f"{2 * rate:.1f} -> {0.2 * rate:.1f}/s; 2 replicas after {reaction:.0f}s, objective met again after "
+          f"{recovered:.0f}s, back to 1 after {down_after:.0f}s (delay 30s); timeline {timeline}")  # fmt: skip
+    assert down_after >= 30
+    assert load.failures == [], load.failures
 
 
 def _serving_pids(stack: Stack, uids: set[str]) -> set[int]:
@@ -185,32 +376,6 @@ def _serving_pids(stack: Stack, uids: set[str]) -> set[int]:
         if "tritonserver" in cmdline and any(f"/pods/{uid}/" in cmdline for uid in uids):
             pids.add(proc.pid)
     return pids
-
-
-def test_serving_change_rolls_with_no_failed_request(stack: Stack) -> None:
-    before = stack.status()["revisions"]["stable"]
-    sampler = Sampler(stack)
-    sampler.start()
-    try:
-        time.sleep(3)
-        stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel({"serving": {"maxBatchSize": 8}}))
-
-        def promoted() -> bool:
-            revisions = stack.status().get("revisions", {})
-            return revisions.get("stable") not in {None, before} and not revisions.get("canary")
-
-        wait_for(promoted, timeout=600, what="the new revision promoted", interval=2)
-        wait_for(
-            lambda: not stack.get("deployment", f"{MODEL}-{before[:8]}"), timeout=120, what="the old revision removed"
-        )
-        time.sleep(8)  # keep sampling past the old pods' preStop and shutdown
-    finally:
-        sampler.stop_flag.set()
-        sampler.join(timeout=150)
-    assert sampler.failures == [], sampler.failures
-    assert sampler.ok >= 10, sampler.ok
-    assert len(sampler.backends) >= 2, sampler.backends  # answered by both revisions
-    assert stack.condition("Ready")["status"] == "True"
 
 
 @pytest.mark.timeout(2400)

@@ -33,7 +33,7 @@ def _run(argv: Sequence[str]) -> int:
 
 def _rollout(verb: str) -> Command:
     def run(argv: Sequence[str]) -> int:
-        from flotilla.rollout.cli import main
+        from flotilla.control import main
 
         return main(argv, verb)
 

@@ -15,7 +15,8 @@ from typing import Any
 from flotilla import telemetry
 from flotilla.api.v1alpha1 import ArtifactSummary, SmallModel, SmallModelStatus
 from flotilla.config import OperatorConfig
-from flotilla.kube import Kube, execute
+from flotilla.executor import execute
+from flotilla.kube import Kube
 from flotilla.metrics import PodTarget, Window
 from flotilla.metrics.sampler import Sampler
 from flotilla.metrics.sources import MetricsSource, PrometheusSource, ScrapeSource
@@ -42,7 +43,25 @@ def render_config(model: SmallModel, summary: ArtifactSummary) -> str:
         max_queue_delay_us=serving.max_queue_delay_microseconds,
         instance_count=serving.instance_count,
         gpu=serving.gpu.count > 0,
+        intra_op_threads=cpu_threads(model),
     )
+
+
+def cpu_threads(model: SmallModel) -> int:
+    """onnxruntime threads per model instance from the pod's CPU (limit, else request): a pod
+    asking for one core computes on one, so a second replica really adds capacity instead of
+    both oversubscribing the node. 0 (all cores) without a CPU figure or on GPU serving."""
+    serving = model.spec.serving
+    resources = serving.resources
+    cpu = (resources.limits or {}).get("cpu") or (resources.requests or {}).get("cpu")
+    if cpu is None or serving.gpu.count > 0:
+        return 0
+    text = str(cpu)
+    try:
+        cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:  # not a CPU quantity: leave onnxruntime its default
+        return 0
+    return max(1, int(cores // max(serving.instance_count, 1)))
 
 
 HTTP_ROUTE_RECHECK_SECONDS = 60.0

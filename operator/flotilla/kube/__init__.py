@@ -1,6 +1,6 @@
-"""API-server I/O: server-side apply, deletes, scale, status and events."""
+"""API-server I/O: server-side apply, deletes, scale, status and events. Knows nothing of
+the planner: `flotilla.executor` turns a plan into these calls."""
 
 from .client import Kube
-from .execute import execute
 
-__all__ = ["Kube", "execute"]
+__all__ = ["Kube"]

@@ -1,4 +1,4 @@
-"""`flotilla promote|abort|status NAME` (also `kubectl flotilla ...`).
+"""`flotilla promote|abort|status NAME` (also `kubectl flotilla ...`): rollout commands through the API server.
 
 Commands are annotations on the SmallModel that the operator honours at its next look and
 then removes, so they work through RBAC and audit like any other change, need no connection
@@ -36,7 +36,8 @@ def _namespace(given: str | None) -> str:
         return given
     from lightkube.config.kubeconfig import KubeConfig
 
-    return KubeConfig.from_env().get().namespace or "default"
+    context = KubeConfig.from_env().get()
+    return (context.namespace if context else None) or "default"
 
 
 def command(verb: str, name: str, namespace: str) -> int:

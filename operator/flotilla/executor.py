@@ -4,10 +4,9 @@ the status write when nothing in status changed, so a steady state costs no requ
 from __future__ import annotations
 
 from flotilla.api.v1alpha1 import API_VERSION, KIND, SmallModel
+from flotilla.kube import Kube
 from flotilla.reconcile import Observed, Plan
 from flotilla.resources.meta import ANNOTATION_APPLIED_HASH
-
-from .client import Kube
 
 
 def _changed(obj: dict[str, object], observed: Observed) -> bool:
