@@ -91,7 +91,12 @@ def decide(model: SmallModel, observed: Observed, now: str, interval_s: float) -
     live = [r for r in (revisions.stable, revisions.canary) if r]
     ready = sum(len(observed.serving_pods(r)) for r in live)
     starting = sum(1 for r in live for p in observed.pods_of_revision(r) if not p.ready and not p.terminating)
-    current = previous.desired_replicas if previous and previous.desired_replicas is not None else auto.min_replicas
+    deployed = [d.replicas for d in observed.deployments if d.revision == revisions.stable]
+    if deployed and revisions.canary is None:  # what runs now: without metrics the law holds there
+        # (during a canary the rollout adds a surge pod: the total is the last decision)
+        current = sum(deployed)
+    else:
+        current = previous.desired_replicas if previous and previous.desired_replicas is not None else auto.min_replicas
     window = observed.metrics
     decided = previous is not None and previous.desired_replicas is not None
     if window is None and observed.metrics_error is None and decided:
