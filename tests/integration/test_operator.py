@@ -112,6 +112,13 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no-source", {"replicas": 1}, "spec.source: Required value"),
     ("auto-no-objective", {**SPEC, "autoscaling": {"enabled": True}}, "latencyObjective is required"),
     (
+        "scale-to-zero",
+        {**SPEC, "autoscaling": {"enabled": True, "minReplicas": 0, "latencyObjective": {"thresholdMs": 250}}},
+        "scale to zero) is not supported yet",
+    ),
+    ("empty-steps", {**SPEC, "rollout": {"canary": {"steps": []}}}, "spec.rollout.canary.steps"),
+    ("bad-inconclusive", {**SPEC, "rollout": {"canary": {"onInconclusive": "Wait"}}}, 'Unsupported value: "Wait"'),
+    (
         "secret-file",
         {"source": {"uri": "file:///m", "credentialsSecretRef": {"name": "s"}}},
         "only used with hf:// and s3://",

@@ -172,7 +172,13 @@ class LatencyObjective(ApiModel):
 
 class AutoscalingSpec(ApiModel):
     enabled: bool = Field(default=False, description="Scale replicas to hold latencyObjective.")
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas while autoscaling.")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest replicas while autoscaling (at least 1 while enabled: scale to zero needs a "
+        "front door that holds requests while a replica starts).",
+    )
     max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas while autoscaling.")
     latency_objective: LatencyObjective | None = Field(
         default=None, description="The latency to hold, for example p95 under 250 ms."
@@ -190,7 +196,20 @@ class AutoscalingSpec(ApiModel):
             "!self.enabled || has(self.latencyObjective)",
             "autoscaling.latencyObjective is required when autoscaling is enabled",
         ),
+        (
+            "!self.enabled || self.minReplicas >= 1",
+            "autoscaling.minReplicas 0 (scale to zero) is not supported yet: nothing would hold a request "
+            "while the first replica starts, so the model could not come back on traffic",
+        ),
     )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(self.cel_rules[0][1])
+        if self.enabled and self.min_replicas < 1:
+            raise ValueError(self.cel_rules[2][1])
+        return self
 
 
 class CanarySpec(ApiModel):
