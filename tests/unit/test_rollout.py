@@ -345,3 +345,13 @@ def test_planner_leaves_replicas_another_owner_set() -> None:
     # Our own decision changes (spec.replicas 2 -> 3): applied.
     m3 = model(replicas=3, generation=2).model_copy(update={"status": settled.status})
     assert [s.replicas for s in plan(m3, observed(job, dep), context()).scale] == [3]
+
+
+def test_flotilla_status_says_where_the_rollout_is() -> None:
+    from flotilla.control import describe
+
+    going = look(STABLE, 0, canary_ready=1)
+    m = model().model_copy(update={"status": model().status.model_copy(update={"revisions": going.revisions})})
+    text = "\n".join(describe(m))
+    assert "canary:  new (1 replicas) at 20% (step 1/3: 10%)" in text
+    assert "traffic: ReadyReplicas: Service: 1 of 5 ready replicas (20%) for a 10% step" in text
