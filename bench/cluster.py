@@ -9,9 +9,11 @@ so a developer's running cluster is left alone. Binaries must already be cached
   up_s / api_ready_s / nodes_ready_s   cold start of the processes (median of runs): until
                                        `up` returns, /readyz answers ok, every simulated node
                                        is Ready
+  gateway_api_s                        until the Gateway API CRDs are Established (median)
   reuse_up_s                           `up` again while it runs (the reuse path)
   down_s                               stopping every process and removing the data
-  idle_rss_mib                         resident memory per component after --idle-s seconds
+  idle_rss_mib                         resident memory per component (and the supervisor)
+                                       after --idle-s seconds
   disk_mib                             binaries cache, Go module and build caches, etcd data
 """
 
@@ -31,7 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-from localcluster import cluster
+from localcluster import cluster, supervisor
 from localcluster.config import DEFAULT_PORT_BASE, Settings
 from localcluster.versions import cache_root, load_versions
 
@@ -51,6 +53,7 @@ def go_env(name: str) -> Path:
 
 def idle_rss(settings: Settings) -> dict[str, float]:
     pids = cluster._component_pids(settings)
+    pids["supervisor"] = supervisor.running_pid(settings)
     rss = {name: round(psutil.Process(pid).memory_info().rss / MIB, 1) for name, pid in pids.items() if pid}
     rss["total"] = round(sum(rss.values()), 1)
     return rss
@@ -90,8 +93,9 @@ def main() -> int:
         for path in sorted(state.rglob("*"), reverse=True):
             path.unlink() if path.is_file() or path.is_symlink() else path.rmdir()
         state.rmdir()
-    for key in ("total_s", "api_ready_s", "nodes_ready_s"):
-        result[key.replace("total_s", "up_s")] = round(statistics.median(t[key] for t in ups), 2)
+    for key in ("total_s", "api_ready_s", "nodes_ready_s", "gateway_api_s"):
+        if all(key in t for t in ups):
+            result[key.replace("total_s", "up_s")] = round(statistics.median(t[key] for t in ups), 2)
     result["runs"] = args.runs
     print(json.dumps(result), flush=True)
     return 0

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .versions import Versions, bin_dir, cache_root, load_versions
+from .versions import Versions, bin_dir, cache_root, load_versions, manifests_dir
 
 RETRY_HINT = "retry with: make cluster-binaries"
 
@@ -39,10 +39,11 @@ class Group:
     version: str
     binaries: tuple[str, ...]
     build: Callable[[Path, Path], None]  # (workdir, outdir) -> None
+    manifests: bool = False  # upstream files rather than binaries: cached under manifests/
 
     @property
     def dir(self) -> Path:
-        return bin_dir(self.name, self.version)
+        return manifests_dir(self.name, self.version) if self.manifests else bin_dir(self.name, self.version)
 
     def complete(self) -> bool:
         return all((self.dir / b).is_file() for b in self.binaries)
@@ -228,7 +229,7 @@ def build_wrapped(
 
 
 def build_installed(
-    packages: dict[str, str], version: str, ldflags: str | Callable[[Path], str] = "-s -w"
+    packages: dict[str, str], version: str, ldflags: str | Callable[[Path], str] = "-s -w", tags: str = ""
 ) -> Callable[[Path, Path], None]:
     """`go install pkg@version` for modules without replace lines. `ldflags` may be computed
     from the work dir (after reading the release's go.mod), as helm's are."""
@@ -236,7 +237,10 @@ def build_installed(
     def build(work: Path, out: Path) -> None:
         (work / "gobin").mkdir()
         flags = ldflags if isinstance(ldflags, str) else ldflags(work)
-        args = ["install", "-v", "-trimpath", "-ldflags", flags, *(f"{p}@{version}" for p in packages.values())]
+        args = ["install", "-v", "-trimpath", "-ldflags", flags]
+        if tags:
+            args += ["-tags", tags]
+        args += [f"{p}@{version}" for p in packages.values()]
         run_go(args, work, "go install", work / "build.log", env={"GOBIN": str(work / "gobin")})
         for name, pkg in packages.items():
             shutil.move(work / "gobin" / go_binary_name(pkg), out / name)
@@ -256,7 +260,38 @@ def helm_ldflags(version: str, helm_gomod: str) -> str:
     return " ".join(flags)
 
 
+def prometheus_release(module_version: str) -> str:
+    """Prometheus 3.x is published as module v0.3XX.Y: v0.316.0 is release 3.16.0."""
+    match = re.fullmatch(r"v0\.(\d+)(\d\d)\.(\d+)", module_version)
+    if not match:
+        raise ValueError(f"PROMETHEUS_VERSION={module_version!r} is not a v0.3XX.Y module version")
+    return f"{int(match.group(1))}.{int(match.group(2))}.{match.group(3)}"
+
+
+def prometheus_ldflags(module_version: str) -> str:
+    """What promu sets (`prometheus --version`, the build_info metric); fixed values where
+    promu stamps the build machine, so the binary is reproducible."""
+    pkg = "github.com/prometheus/common/version"
+    values = {
+        "Version": prometheus_release(module_version),
+        "Revision": module_version,
+        "Branch": "HEAD",
+        "BuildUser": "flotilla",
+        "BuildDate": "19700101-00:00:00",
+    }
+    return " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in values.items())])
+
+
+# Without `remove_all_sd` every service discovery plugin (AWS, Azure, GCE, Kubernetes, ...) is
+# compiled in: most of the dependency graph. Tests need static_configs (file and http SD stay,
+# plugins/minimum.go). `netgo` as upstream's .promu.yml; the web UI assets are left out
+# (`builtinassets` unset): the HTTP API and /-/ready work without them.
+PROMETHEUS_TAGS = "netgo,remove_all_sd"
+
+
 def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
+    from . import gatewayapi  # it uses this module's go helpers
+
     kube = {c: f"k8s.io/kubernetes/cmd/{c}" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")}
     if with_kubectl:
         kube["kubectl"] = "k8s.io/kubernetes/cmd/kubectl"
@@ -290,10 +325,28 @@ def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
         ),
         Group("kwok", versions.kwok, tuple(kwok), build_installed(kwok, versions.kwok)),
         Group(
+            "gateway-api",
+            versions.gateway_api,
+            (gatewayapi.CRDS_FILE,),
+            lambda work, out: gatewayapi.fetch(versions.gateway_api, work, out),
+            manifests=True,
+        ),
+        Group(
             "helm",
             versions.helm,
             ("helm",),
             build_installed({"helm": "helm.sh/helm/v3/cmd/helm"}, versions.helm, helm_ld),
+        ),
+        Group(
+            "prometheus",
+            versions.prometheus,
+            ("prometheus",),
+            build_installed(
+                {"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+                versions.prometheus,
+                prometheus_ldflags(versions.prometheus),
+                PROMETHEUS_TAGS,
+            ),
         ),
     ]
 

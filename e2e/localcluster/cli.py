@@ -1,13 +1,15 @@
-"""`python -m localcluster build|up|down|status` (the Makefile's cluster-* targets)."""
+"""`python -m localcluster build|up|down|status` (the Makefile's cluster-* targets), and
+`supervise`, which `up` starts in the background."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from . import build, cluster
-from .config import Settings
+from . import build, cluster, supervisor
+from .config import DEFAULT_PORT_BASE, Settings
 from .nodes import NodeFileError
 
 NOT_RUNNING = 3  # LSB's "program is not running", so scripts can tell it from an error
@@ -21,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start the cluster (or reuse a running one) and wait until nodes are Ready")
     sub.add_parser("down", help="stop every cluster process (by pid) and remove its data")
     sub.add_parser("status", help=f"describe the cluster; exit {NOT_RUNNING} when it is not running")
+    s = sub.add_parser("supervise", help="restart components that exit (started by `up`; not for direct use)")
+    s.add_argument("--state-dir", required=True, type=Path)
+    s.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
+    s.add_argument("--daemon", action="store_true", help="fork into the background first")
     return parser
 
 
@@ -29,6 +35,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         if args.command == "build":
             return build.main(args.groups)
+        if args.command == "supervise":
+            if args.daemon:
+                supervisor.daemonize()
+            return supervisor.run(Settings(state_dir=args.state_dir.resolve(), port_base=args.port_base))
         settings = Settings.from_env()
         if args.command == "up":
             cluster.up(settings)

@@ -3,7 +3,8 @@
 kwokctl (`--runtime binary`) starts etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and the kwok controller from the cached binaries, generates the PKI and
 records one pid file per component. Everything else is ours: the fixed ports, the
-kubeconfig, the simulated fleet, readiness, and teardown by pid.
+kubeconfig, the simulated fleet, readiness, the Gateway API CRDs (gatewayapi.py), the
+supervisor that restarts components which exit (supervisor.py), and teardown by pid.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from . import gatewayapi, supervisor
 from .build import BuildError, ensure_binaries
 from .config import CLUSTER_NAME, LOOPBACK, Settings, render_kwokctl_config
 from .kubeapi import ApiError, KubeAPI, Pki
@@ -121,6 +123,9 @@ class Status:
     server_version: str = ""
     nodes_ready: int = 0
     nodes_total: int = 0
+    supervisor: int | None = None  # pid of the process restarting components that exit
+    restarts: dict[str, int] = field(default_factory=dict)  # name -> restarts by the supervisor
+    gateway_api: str = ""  # the Gateway API bundle version installed, "" when none
 
     @property
     def running(self) -> bool:
@@ -150,19 +155,25 @@ def inspect(settings: Settings) -> Status:
     if not settings.cluster_dir.exists() and not settings.state_file.exists():
         return Status("absent", "no cluster", settings)
     components = _component_pids(settings)
+    watcher, restarts = supervisor.running_pid(settings), supervisor.restart_counts(settings)
+
+    def stale(reason: str) -> Status:
+        return Status("stale", reason, settings, components, supervisor=watcher, restarts=restarts)
+
     dead = [name for name, pid in components.items() if pid is None]
     if dead:
-        return Status("stale", f"not running: {', '.join(dead)}", settings, components)
+        return stale(f"not running: {', '.join(dead)}")
     api = _api(settings)
     try:
         if api is None or not _readyz(api):
-            return Status("stale", "API server is not ready", settings, components)
+            return stale("API server is not ready")
         version = str(api.get("/version")["gitVersion"])
         nodes = api.get(f"/api/v1/nodes?labelSelector={POOL_LABEL}")["items"]
+        gateway = gatewayapi.installed_bundle(api)
     except (OSError, ApiError) as err:
-        return Status("stale", f"API server does not answer: {err}", settings, components)
+        return stale(f"API server does not answer: {err}")
     ready = sum(1 for n in nodes if _node_ready(n))
-    return Status("running", "healthy", settings, components, version, ready, len(nodes))
+    return Status("running", "healthy", settings, components, version, ready, len(nodes), watcher, restarts, gateway)
 
 
 def _node_ready(node: dict[str, Any]) -> bool:
@@ -188,8 +199,9 @@ def _locked(settings: Settings) -> Iterator[None]:
 def _binaries(versions: Versions) -> dict[str, Path]:
     """Cached binaries (building what is missing) plus a kubectl within skew."""
     kubectl = find_kubectl(versions)
+    groups = ("kubernetes", "etcd", "kwok", *(("gateway-api",) if gatewayapi.enabled() else ()))
     try:
-        binaries = ensure_binaries(versions, kubectl_found=kubectl is not None, only=("kubernetes", "etcd", "kwok"))
+        binaries = ensure_binaries(versions, kubectl_found=kubectl is not None, only=groups)
     except BuildError as err:
         raise ClusterError(str(err)) from None
     if kubectl is not None:
@@ -364,6 +376,41 @@ def _wait_ready(
     return api
 
 
+def _healed(settings: Settings, current: Status) -> Status:
+    """A component down while the supervisor runs is most likely being restarted (after a
+    backoff of at most 30 s): give it that long before clearing the whole cluster."""
+    progress(f"{current.reason}; waiting for the supervisor (pid {current.supervisor}) to restart it")
+
+    def healed() -> Status | None:
+        status = inspect(settings)
+        return status if status.running else None
+
+    try:
+        return wait_for(
+            healed,
+            timeout=supervisor.MAX_BACKOFF_S + 15,
+            what="the supervisor to restart it",
+            interval=1.0,
+        )
+    except TimeoutError:
+        return inspect(settings)
+
+
+def _gateway_api(settings: Settings, timings: dict[str, float], started: float) -> None:
+    """Install the Gateway API CRDs, or remove them with FLOTILLA_CLUSTER_GATEWAY_API=0."""
+    api = KubeAPI(settings.api_url, Pki.in_dir(settings.cluster_dir / "pki"), timeout_s=gatewayapi.TIMEOUT_S)
+    try:
+        if gatewayapi.enabled():
+            names = gatewayapi.apply(api)
+            timings["gateway_api_s"] = time.monotonic() - started
+            took = timings["gateway_api_s"] - timings.get("nodes_ready_s", 0.0)
+            progress(f"Gateway API {load_versions().gateway_api}: {len(names)} CRDs Established ({took:.1f}s)")
+        elif removed := gatewayapi.remove(api):
+            progress(f"{gatewayapi.ENV}=0: removed {len(removed)} Gateway API CRDs")
+    except (TimeoutError, OSError, ApiError, FileNotFoundError) as err:
+        raise ClusterError(f"Gateway API CRDs: {err}; {RETRY_UP}") from None
+
+
 def up(settings: Settings | None = None) -> Cluster:
     """Start the cluster, or reuse a healthy one; return when it can run pods."""
     settings = settings or Settings.from_env()
@@ -375,6 +422,8 @@ def up(settings: Settings | None = None) -> Cluster:
         binaries = _binaries(versions)
         timings["binaries_s"] = time.monotonic() - started
         current = inspect(settings)
+        if current.state == "stale" and current.supervisor is not None:
+            current = _healed(settings, current)
         if current.running:
             progress(f"reusing the running cluster at {settings.api_url}")
         else:
@@ -391,6 +440,11 @@ def up(settings: Settings | None = None) -> Cluster:
             api = _wait_ready(settings, manifests, started, timings)
         except TimeoutError as err:
             raise ClusterError(f"{err}; logs in {settings.cluster_dir / 'logs'}; {RETRY_UP}") from None
+        _gateway_api(settings, timings, started)
+        try:
+            supervisor.start(settings)
+        except RuntimeError as err:
+            raise ClusterError(f"{err}; {RETRY_UP}") from None
         version = str(api.get("/version")["gitVersion"])
         settings.state_file.write_text(
             json.dumps({"api": settings.api_url, "ports": settings.ports, "kubernetes": version}, indent=2) + "\n"
@@ -414,11 +468,13 @@ STOP_ORDER = (("kwok-controller", "kube-controller-manager", "kube-scheduler"), 
 
 
 def _stop_processes(settings: Settings) -> list[int]:
+    # The supervisor first: it would restart what is stopped next.
+    supervised = supervisor.stop_supervisor(settings)
     marker = str(settings.cluster_dir)
     named = {pid: name for name, pid in read_pid_files(settings.cluster_dir / "pids").items() if is_ours(pid, marker)}
     for pid in processes_mentioning(marker, COMPONENTS):
         named.setdefault(pid, Path(cmdline(pid).split(" ")[0]).name)
-    stopped: list[int] = []
+    stopped: list[int] = [supervised] if supervised else []
     for stage in STOP_ORDER:
         stopped += stop([pid for pid, name in named.items() if name in stage])
     return stopped + stop([pid for pid, name in named.items() if pid not in stopped])
@@ -453,9 +509,14 @@ def describe(status: Status) -> list[str]:
     if status.server_version:
         lines.append(f"version: {status.server_version}")
     for name, pid in status.components.items():
-        lines.append(f"  {name:<24} {'pid ' + str(pid) if pid else 'not running'}")
+        restarts = status.restarts.get(name, 0)
+        lines.append(f"  {name:<24} {'pid ' + str(pid) if pid else 'not running':<12} restarts: {restarts}")
+    if status.state != "absent":
+        watcher = f"pid {status.supervisor}" if status.supervisor else "not running (`make cluster-up` starts it)"
+        lines.append(f"  {'supervisor':<24} {watcher}")
     if status.running:
         lines.append(f"nodes: {status.nodes_ready}/{status.nodes_total} Ready")
+        lines.append(f"gateway api: {status.gateway_api or 'not installed'}")
         lines.append(f"kubeconfig: {settings.kubeconfig}")
     lines.append(f"ports: {', '.join(f'{k}={v}' for k, v in settings.ports.items())}")
     return lines

@@ -9,7 +9,11 @@ Tests marked `cluster_restart` (they stop or re-create the cluster, losing its d
 moved after every other test of the session, so session fixtures that installed something
 (a CRD, say) never see it vanish mid-run.
 
-A test that uses either fixture is marked `cluster` automatically, so `-m "not cluster"`
+`prometheus_factory` starts real Prometheus servers (`factory(config) -> Prometheus`, with
+`.url`), stopped after the test. `gateway_api` / `no_gateway_api` make the Gateway API CRDs
+present or absent for one test (restoring the default, FLOTILLA_CLUSTER_GATEWAY_API, after).
+
+A test that uses a cluster fixture is marked `cluster` automatically, so `-m "not cluster"`
 skips it even when the explicit marker was forgotten. A cluster that cannot come up fails
 the test with the one-line cause instead of skipping it: a suite that silently skips its
 integration tier proves nothing.
@@ -19,10 +23,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from . import gatewayapi, prometheus
 from .cluster import Cluster, ClusterError, ensure_up, wait_for
 
 NAMESPACE_READY_TIMEOUT_S = 60.0
@@ -40,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"cluster", "namespace"} & set(getattr(item, "fixturenames", ())):
+        if {"cluster", "namespace", "gateway_api", "no_gateway_api"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
     # A re-created cluster has lost whatever session fixtures put there (CRDs, operators'
     # namespaces), so tests that restart it go last, in their original order.
@@ -78,3 +85,49 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     # Do not wait: the namespace controller finishes in the background, and a pod bound to a
     # node nobody runs (no KWOK, no process node) would hold the namespace in Terminating.
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+# ---------------------------------------------------------------- Prometheus
+
+PrometheusFactory = Callable[..., prometheus.Prometheus]
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusFactory]:
+    """`factory(config, port=None, **start_kwargs) -> Prometheus`: a real Prometheus with this
+    configuration (dict or YAML text; `prometheus.scrape_config(targets)` builds a static
+    one), ready when returned; every one started is stopped after the test."""
+    started: list[prometheus.Prometheus] = []
+
+    def factory(config: dict[str, Any] | str, port: int | None = None, **kwargs: Any) -> prometheus.Prometheus:
+        workdir: Path = tmp_path_factory.mktemp("prometheus")
+        handle = prometheus.start(config, workdir, port, **kwargs)
+        started.append(handle)
+        return handle
+
+    yield factory
+    for handle in started:
+        handle.stop()
+
+
+# ---------------------------------------------------------------- Gateway API
+
+
+@pytest.fixture
+def gateway_api(cluster: Cluster) -> Iterator[Cluster]:
+    """The Gateway API CRDs are installed for this test (removed again afterwards if the
+    session runs without them, FLOTILLA_CLUSTER_GATEWAY_API=0)."""
+    gatewayapi.install(cluster)
+    yield cluster
+    if not gatewayapi.enabled():
+        gatewayapi.uninstall(cluster)
+
+
+@pytest.fixture
+def no_gateway_api(cluster: Cluster) -> Iterator[Cluster]:
+    """No Gateway API on the cluster for this test (the operator's fallback path); the CRDs
+    come back afterwards unless the session runs without them."""
+    gatewayapi.uninstall(cluster)
+    yield cluster
+    if gatewayapi.enabled():
+        gatewayapi.install(cluster)

@@ -18,6 +18,8 @@ class Versions:
     kwok: str
     helm: str
     kubectl_minor: str
+    prometheus: str = ""
+    gateway_api: str = ""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -40,6 +42,8 @@ def load_versions(path: Path = VERSIONS_FILE) -> Versions:
             kwok=values["KWOK_VERSION"],
             helm=values["HELM_VERSION"],
             kubectl_minor=values["KUBECTL_MINOR"],
+            prometheus=values["PROMETHEUS_VERSION"],
+            gateway_api=values["GATEWAY_API_VERSION"],
         )
     except KeyError as missing:
         raise SystemExit(f"{path}: missing {missing.args[0]}") from None
@@ -55,3 +59,8 @@ def cache_root() -> Path:
 
 def bin_dir(component: str, version: str) -> Path:
     return cache_root() / "bin" / f"{component}-{version}"
+
+
+def manifests_dir(component: str, version: str) -> Path:
+    """Cached upstream manifests (not binaries), e.g. the Gateway API CRDs, by version."""
+    return cache_root() / "manifests" / f"{component}-{version}"

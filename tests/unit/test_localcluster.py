@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localcluster import build, cluster, config, nodes, procs
+from localcluster import build, cluster, config, gatewayapi, nodes, procs, prometheus, supervisor
 from localcluster.build import BuildError, Group
 from localcluster.versions import Versions, load_versions
 
@@ -109,7 +109,7 @@ def test_helm_ldflags_set_default_capabilities_from_its_client_go() -> None:
 def test_versions_file_pins_every_group() -> None:
     versions = load_versions()
     groups = build.groups(versions, with_kubectl=False)
-    assert [g.name for g in groups] == ["kubernetes", "etcd", "kwok", "helm"]
+    assert [g.name for g in groups] == ["kubernetes", "etcd", "kwok", "gateway-api", "helm", "prometheus"]
     assert all(g.version.startswith("v") for g in groups)
     assert "kubectl" not in groups[0].binaries
     assert "kubectl" in build.groups(versions, with_kubectl=True)[0].binaries
@@ -405,3 +405,332 @@ def test_namespace_names_are_unique_dns_labels() -> None:
     assert len(first) <= 63
     assert first.startswith("t-test-something-param-1")
     assert first != namespace_name("test_something[param-1/Ü]" * 5)
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+def test_prometheus_module_version_maps_to_its_release() -> None:
+    assert build.prometheus_release("v0.316.0") == "3.16.0"
+    assert build.prometheus_release("v0.305.12") == "3.5.12"
+    with pytest.raises(ValueError, match="PROMETHEUS_VERSION"):
+        build.prometheus_release("v3.16.0")
+    flags = build.prometheus_ldflags("v0.316.0")
+    assert "-X github.com/prometheus/common/version.Version=3.16.0" in flags
+    assert "-X github.com/prometheus/common/version.Revision=v0.316.0" in flags
+
+
+def test_prometheus_group_builds_only_the_server_without_service_discovery() -> None:
+    (group,) = [g for g in build.groups(load_versions(), with_kubectl=False) if g.name == "prometheus"]
+    assert group.binaries == ("prometheus",)
+    assert group.version.startswith("v0.3")
+    assert "remove_all_sd" in build.PROMETHEUS_TAGS.split(",")
+    assert prometheus.binary() == group.dir / "prometheus"
+
+
+def test_prometheus_argv_is_loopback_with_lifecycle_and_short_retention(tmp_path: Path) -> None:
+    args = prometheus.argv(Path("/bin/prometheus"), tmp_path / "p.yml", tmp_path / "data", 19090)
+    assert args[0] == "/bin/prometheus"
+    assert f"--config.file={tmp_path / 'p.yml'}" in args
+    assert f"--storage.tsdb.path={tmp_path / 'data'}" in args
+    assert "--web.listen-address=127.0.0.1:19090" in args
+    assert "--web.enable-lifecycle" in args
+    assert f"--storage.tsdb.retention.time={prometheus.RETENTION}" in args
+
+
+def test_prometheus_scrape_config_renders_static_targets() -> None:
+    text = prometheus.render_config(prometheus.scrape_config(["127.0.0.1:8000"], job="triton", interval="2s"))
+    doc = yaml.safe_load(text)
+    assert doc["global"]["scrape_interval"] == "2s"
+    assert doc["scrape_configs"] == [
+        {"job_name": "triton", "metrics_path": "/metrics", "static_configs": [{"targets": ["127.0.0.1:8000"]}]}
+    ]
+    raw = "scrape_configs: []\n"
+    assert prometheus.render_config(raw) == raw
+    with pytest.raises(ValueError, match="mapping"):
+        prometheus.render_config("- not a mapping\n")
+
+
+# ---------------------------------------------------------------- Gateway API CRDs
+
+GATEWAY_PREFIX = "sigs.k8s.io/gateway-api@v1.7.0/"
+GATEWAY_FILES = [
+    "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml",
+    "config/crd/standard/gateway.networking.k8s.io_gateways.yaml",
+    "config/crd/standard/gateway.networking.k8s.io_vap_safeupgrades.yaml",
+    "config/crd/standard/kustomization.yaml",
+    "config/crd/experimental/gateway.networking.k8s.io_httproutes.yaml",
+    "config/crd/kustomization.yaml",
+    "config/crd/standard/README.md",
+    "pkg/test/config/crd/standard/x.yaml/not-a-file",
+]
+
+
+def test_gateway_api_standard_files_are_found_in_a_tree_or_a_module_zip() -> None:
+    wanted = [
+        "config/crd/standard/gateway.networking.k8s.io_gateways.yaml",
+        "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml",
+        "config/crd/standard/gateway.networking.k8s.io_vap_safeupgrades.yaml",
+    ]
+    assert gatewayapi.standard_crd_files(GATEWAY_FILES) == wanted
+    assert gatewayapi.standard_crd_files(GATEWAY_PREFIX + n for n in GATEWAY_FILES) == [
+        GATEWAY_PREFIX + n for n in wanted
+    ]
+
+
+def _crd_yaml(plural: str) -> str:
+    name = f"{plural}.gateway.networking.k8s.io"
+    return yaml.safe_dump(
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": name, "annotations": {gatewayapi.BUNDLE_ANNOTATION: "v1.7.0"}},
+            "spec": {"group": "gateway.networking.k8s.io"},
+        }
+    )
+
+
+VAP = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {name: x}\n---\n"
+
+
+def test_gateway_api_module_zip_gives_only_crds(tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "v1.7.0.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(GATEWAY_PREFIX + GATEWAY_FILES[0], _crd_yaml("httproutes"))
+        zipped.writestr(GATEWAY_PREFIX + GATEWAY_FILES[1], _crd_yaml("gateways"))
+        zipped.writestr(GATEWAY_PREFIX + GATEWAY_FILES[2], VAP)
+        zipped.writestr(GATEWAY_PREFIX + GATEWAY_FILES[4], _crd_yaml("experimental"))
+    # The shape `go mod download -json` gives for a module that wants a newer Go: no Dir.
+    info = {"Error": "requires go >= 1.27.0", "Zip": str(archive)}
+    files = gatewayapi.read_module_files(info)
+    assert sorted(files) == [
+        "gateway.networking.k8s.io_gateways.yaml",
+        "gateway.networking.k8s.io_httproutes.yaml",
+        "gateway.networking.k8s.io_vap_safeupgrades.yaml",
+    ]
+    names = [c["metadata"]["name"] for c in gatewayapi.crd_documents(files.values())]
+    assert sorted(names) == ["gateways.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io"]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "work").mkdir()
+    gatewayapi_fetch_with(info, tmp_path / "work", out)
+    assert len(__import__("json").loads((out / gatewayapi.CRDS_FILE).read_text())) == 2
+    assert (out / "standard" / "gateway.networking.k8s.io_httproutes.yaml").is_file()
+
+
+def gatewayapi_fetch_with(info: dict[str, object], work: Path, out: Path) -> None:
+    original = gatewayapi.download
+    gatewayapi.download = lambda _version, _work: info  # type: ignore[assignment]
+    try:
+        gatewayapi.fetch("v1.7.0", work, out)
+    finally:
+        gatewayapi.download = original
+
+
+def test_gateway_api_extracted_module_dir_is_preferred(tmp_path: Path) -> None:
+    standard = tmp_path / "config" / "crd" / "standard"
+    standard.mkdir(parents=True)
+    (standard / "gateway.networking.k8s.io_grpcroutes.yaml").write_text(_crd_yaml("grpcroutes"))
+    (standard / "kustomization.yaml").write_text("resources: []\n")
+    files = gatewayapi.read_module_files({"Dir": str(tmp_path), "Zip": "/nonexistent.zip"})
+    assert list(files) == ["gateway.networking.k8s.io_grpcroutes.yaml"]
+
+
+def test_gateway_api_missing_module_is_a_one_line_build_error(tmp_path: Path) -> None:
+    info = {"Error": "sigs.k8s.io/gateway-api@v9.9.9: reading https://proxy.golang.org/...: 404 Not Found"}
+    with pytest.raises(BuildError, match=r"^module download failed during go mod download: .*404 Not Found; retry"):
+        gatewayapi_fetch_with(info, tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize(("value", "on"), [(None, True), ("1", True), ("0", False), ("false", False), ("OFF", False)])
+def test_gateway_api_is_on_unless_switched_off(value: str | None, on: bool) -> None:
+    environ = {} if value is None else {gatewayapi.ENV: value}
+    assert gatewayapi.enabled(environ) is on
+
+
+# ---------------------------------------------------------------- supervisor
+
+
+def test_backoff_doubles_from_one_second_to_thirty() -> None:
+    assert [supervisor.backoff_delay(n) for n in range(8)] == [0, 1, 2, 4, 8, 16, 30, 30]
+    assert supervisor.backoff_delay(10_000) == supervisor.MAX_BACKOFF_S
+
+
+def test_capture_reads_exact_argv_cwd_and_environment(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "--flag=a b"]
+    child = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, "LOCALCLUSTER_PROBE": "42"})
+    try:
+        # (Until the child has exec'd, /proc shows the forking Python's argv.)
+        spec = cluster.wait_for(
+            lambda: (s := supervisor.capture(child.pid)) and s.argv == tuple(argv) and s,
+            timeout=10,
+            interval=0.01,
+            what="exec",
+        )
+        assert spec.argv == tuple(argv)
+        assert spec.cwd == str(tmp_path)
+        assert spec.env["LOCALCLUSTER_PROBE"] == "42"
+    finally:
+        child.kill()
+        child.wait()
+    assert supervisor.capture(child.pid) is None
+
+
+def test_exit_descriptions() -> None:
+    assert supervisor.describe_exit(-9) == "killed by SIGKILL"
+    assert supervisor.describe_exit(1) == "exit status 1"
+    assert "unknown" in supervisor.describe_exit(None)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fake_component(settings: config.Settings, name: str) -> subprocess.Popen[bytes]:
+    """A stand-in for a component: `sleep` run from a symlink in <cluster dir>/bin, as
+    kwokctl runs the real ones (so procs.is_ours accepts it)."""
+    cdir = settings.cluster_dir
+    for sub in ("bin", "pids", "logs"):
+        (cdir / sub).mkdir(parents=True, exist_ok=True)
+    link = cdir / "bin" / name
+    if not link.exists():
+        link.symlink_to("/bin/sleep")
+    child = subprocess.Popen([str(link), "300"], cwd=cdir, start_new_session=True)
+    (cdir / "pids" / f"{name}.pid").write_text(str(child.pid))
+    # Until the child has exec'd, /proc shows the forking Python's argv.
+    cluster.wait_for(lambda: procs.is_ours(child.pid, str(cdir)), timeout=10, interval=0.01, what="exec")
+    return child
+
+
+def _kill(pid: int) -> None:
+    import contextlib
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_supervisor_restarts_an_exited_component_with_backoff(tmp_path: Path) -> None:
+    settings = config.Settings(state_dir=tmp_path, port_base=30100)
+    first = _fake_component(settings, "kube-scheduler")
+    clock = FakeClock()
+    sup = supervisor.Supervisor(settings, clock=clock)
+    pids_dir = settings.cluster_dir / "pids"
+    try:
+        sup.adopt()
+        spec = sup.components["kube-scheduler"].spec
+        assert spec is not None
+        assert spec.argv == (str(settings.cluster_dir / "bin" / "kube-scheduler"), "300")
+        sup.step()
+        assert supervisor.restart_counts(settings) == {"kube-scheduler": 0}
+
+        first.kill()
+        first.wait()
+        clock.now += 5
+        sup.step()  # noticed: restart after 1 s
+        component = sup.components["kube-scheduler"]
+        assert component.state == "waiting"
+        assert procs.read_pid_files(pids_dir)["kube-scheduler"] == first.pid
+        clock.now += 1.5
+        sup.step()
+        second = procs.read_pid_files(pids_dir)["kube-scheduler"]
+        assert second != first.pid
+        assert procs.is_ours(second, str(settings.cluster_dir))
+        assert supervisor.capture(second) == spec  # the same argv, cwd and environment
+        assert supervisor.read_state(settings)["components"]["kube-scheduler"]["restarts"] == 1
+
+        _kill(second)  # exits again after 1.5 s: a crash loop, so 2 s this time
+        assert component.child is not None
+        component.child.wait(timeout=10)
+        clock.now += 1.5
+        sup.step()
+        assert component.failures == 2
+        clock.now += 1.5
+        sup.step()
+        assert procs.read_pid_files(pids_dir)["kube-scheduler"] == second
+        clock.now += 1.0
+        sup.step()
+        third = procs.read_pid_files(pids_dir)["kube-scheduler"]
+        assert third not in (first.pid, second)
+        log = (settings.cluster_dir / "logs" / "kube-scheduler.log").read_text()
+        assert f"pid {first.pid} exited (exit status unknown" in log
+        assert f"pid {second} exited (killed by SIGKILL after 2s" in log
+        assert f"restarted as pid {third} (restart 2)" in log
+    finally:
+        for component in sup.components.values():
+            if component.pid:
+                _kill(component.pid)
+            if component.child:
+                component.child.wait()
+
+
+def test_supervisor_waits_for_what_a_component_needs_and_leaves_stopped_ones(tmp_path: Path) -> None:
+    settings = config.Settings(state_dir=tmp_path, port_base=30100)
+    etcd = _fake_component(settings, "etcd")
+    api = _fake_component(settings, "kube-apiserver")
+    kwok = _fake_component(settings, "kwok-controller")
+    clock = FakeClock()
+    sup = supervisor.Supervisor(settings, clock=clock)
+    pids_dir = settings.cluster_dir / "pids"
+    try:
+        sup.adopt()
+        # kwok-controller stopped on purpose (kwokctl removes the pid file): left alone.
+        (pids_dir / "kwok-controller.pid").unlink()
+        kwok.kill()
+        kwok.wait()
+        # etcd and the API server both die, and etcd cannot start (its binary is gone): the
+        # API server is not started before etcd runs again.
+        for proc in (etcd, api):
+            proc.kill()
+            proc.wait()
+        etcd_link = settings.cluster_dir / "bin" / "etcd"
+        etcd_link.unlink()
+        clock.now += 5
+        sup.step()
+        clock.now += 1.5
+        sup.step()
+        assert sup.components["etcd"].state == "waiting"
+        assert procs.read_pid_files(pids_dir)["kube-apiserver"] == api.pid
+        assert "restart failed" in (settings.cluster_dir / "logs" / "etcd.log").read_text()
+        etcd_link.symlink_to("/bin/sleep")
+        clock.now += 2.5  # the failed start counted: the next try is 2 s later
+        sup.step()
+        pids = procs.read_pid_files(pids_dir)
+        assert pids["etcd"] != etcd.pid
+        assert pids["kube-apiserver"] != api.pid  # in the same pass, after etcd
+        assert "kwok-controller" not in procs.read_pid_files(pids_dir)
+        assert sup.components["kwok-controller"].state == "stopped"
+    finally:
+        for component in sup.components.values():
+            if component.pid:
+                _kill(component.pid)
+            if component.child:
+                component.child.wait()
+
+
+def test_status_lines_show_restarts_and_the_supervisor(tmp_path: Path) -> None:
+    settings = config.Settings(state_dir=tmp_path, port_base=30100)
+    status = cluster.Status(
+        "running",
+        "healthy",
+        settings,
+        {"kube-scheduler": 123, "etcd": 7},
+        "v1.34.4",
+        7,
+        7,
+        supervisor=99,
+        restarts={"kube-scheduler": 2},
+        gateway_api="v1.7.0",
+    )
+    lines = cluster.describe(status)
+    assert any("kube-scheduler" in ln and "pid 123" in ln and "restarts: 2" in ln for ln in lines)
+    assert any("etcd" in ln and "restarts: 0" in ln for ln in lines)
+    assert any("supervisor" in ln and "pid 99" in ln for ln in lines)
+    assert "gateway api: v1.7.0" in lines

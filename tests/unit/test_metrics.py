@@ -7,6 +7,7 @@ each execution takes 0.2 s whatever the batch. Traffic before `probe.txt`: one r
 concurrent requests (one dynamic batch), one request carrying three items, one answered with
 an error response, one that raises in the model, one malformed (rejected with HTTP 400).
 `probe-45s` / `probe-62s` are the same server 45 s / 62 s later (the summary window expired).
+`chat-embed.txt` is the session server of tests/slow serving the optimized real models.
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ def test_parse_idle_and_expired_summaries_have_no_quantiles() -> None:
     expired, still = probe_counters("probe-62s"), probe_counters("probe-45s")
     assert expired.quantiles == {} and expired.success == 7  # counters stay, the window moved on
     assert still.quantiles == PROBE.quantiles  # 45 s later: still inside the 60 s window
+
+
+def test_parse_captured_real_models() -> None:
+    """The optimized SmolLM2 ("chat") and MiniLM ("embed") after test_real_models_counts_are_exact:
+    six concurrent one-text embed requests and one of three texts; two chat requests."""
+    models = parse(captured("chat-embed"))
+    assert set(models) == {"chat", "embed"}
+    chat, embed = models["chat"], models["embed"]
+    assert (embed.success, embed.failure, embed.inferences) == (7, 0, 9)
+    assert embed.executions < 7  # the concurrent ones ran batched
+    assert (chat.success, chat.failure, chat.inferences, chat.executions) == (2, 0, 2, 2)
+    for model in (chat, embed):
+        assert 0 < model.compute_infer_us <= model.request_us
+        assert set(model.quantiles) == {0.5, 0.9, 0.95, 0.99, 0.999}
+        assert model.quantiles[0.5] <= model.quantiles[0.99]
 
 
 def test_parse_sums_failure_reasons_and_merges_versions() -> None:

@@ -11,7 +11,6 @@ from flotilla.resources.meta import ANNOTATION_APPLIED_HASH, deployment_name, jo
 
 from .objects import (
     context,
-    serving_pod_object,
     deployment_object,
     job_object,
     job_pod_object,
@@ -20,6 +19,7 @@ from .objects import (
     observed,
     pending_pod_object,
     revision_of,
+    serving_pod_object,
     summary,
 )
 
