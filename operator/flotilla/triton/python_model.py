@@ -342,7 +342,11 @@ class TritonPythonModel:
         try:
             results = self.engine.run(texts, limits) if texts else []
         except Exception as exc:
-            return [self.pb.InferenceResponse(error=self.pb.TritonError(f"inference failed: {exc}")) for _ in requests]
+            # Raised, not returned as error responses: Triton 2.51 counts a returned error
+            # response as a success, and only an exception from execute in
+            # nv_inference_request_failure, which the canary judge reads. A malformed request
+            # (above) stays a per-request error: the client's mistake, not the revision's.
+            raise RuntimeError(f"inference failed: {exc}") from exc
         responses = []
         cursor = 0
         for p, error in zip(parsed, errors, strict=True):
