@@ -133,8 +133,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
     """Cold start and per-batch-size compute time of the optimized MiniLM on tritonserver."""
     sys.path.insert(0, str(HERE))
     import serve  # the open-loop bench's artifact builder and request bodies
+    from flotilla.local import triton as local
     from flotilla.triton import config as triton_config
-    from flotilla.triton import local
 
     root: Path = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
         },
         "method": (
             "cold start: wall time from spawning tritonserver to /v2/health/ready and the model ready "
-            "(flotilla.triton.local.start, polled every 0.5 s); service: bursts of b concurrent requests "
+            "(flotilla.local.triton.start, polled every 0.5 s); service: bursts of b concurrent requests "
             "(varied sentences) released behind a barrier, after each burst Triton's /v2/models/embed/stats "
             "batch_stats delta gives one batch's compute_input+compute_infer+compute_output time when "
             "exactly one batch of that size ran; overhead: request time not in queue or compute, per request"

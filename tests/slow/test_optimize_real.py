@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flotilla.api.v1alpha1 import ArtifactSummary
-from flotilla.triton import local
+from flotilla.local import triton as local
 
 from .conftest import optimize
 

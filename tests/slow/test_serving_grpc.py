@@ -21,8 +21,8 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from flotilla.api.v1alpha1 import ArtifactSummary
+from flotilla.local import triton as local
 from flotilla.triton import config as triton_config
-from flotilla.triton import local
 
 pytestmark = pytest.mark.slow
 
