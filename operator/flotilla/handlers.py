@@ -145,7 +145,6 @@ async def command(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.kick(*_key(body))
 
 
-
 @kopf.on.resume(*SMALLMODEL)
 @kopf.on.create(*SMALLMODEL)
 @kopf.on.update(*SMALLMODEL, field="spec")
