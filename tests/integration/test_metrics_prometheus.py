@@ -138,7 +138,8 @@ def test_prometheus_source_feeds_the_sampler(prometheus_factory: PrometheusFacto
     prom = prometheus_factory(config(endpoints.port))
     source = PrometheusSource(prom.url)
     sampler = Sampler()
-    first = read_until(source, lambda r: r["probe-b"].counters is not None)
+    # Both pods scraped before the baseline: a pod first seen later only becomes a baseline.
+    first = read_until(source, lambda r: r["probe-a"].counters is not None and r["probe-b"].counters is not None)
     sampler.observe(list(first.values()), at=0.0)
     endpoints.texts["/b"] = captured("probe")  # probe-b served the probe's traffic since
     later = read_until(source, lambda r: r["probe-b"].counters is not None and r["probe-b"].counters.success == 7)
