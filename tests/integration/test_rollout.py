@@ -118,7 +118,8 @@ def test_a_good_canary_walks_every_step_and_is_promoted(
     apply(cluster, namespace, manifest(NAME, second))
     seen = sample_until(cluster, namespace, "Promoted")
     steps = [s.get("step") for s in seen if s.get("canary") == rev2]
-    assert {0, 1, 2} <= set(steps), steps
+    # Step 2 (100%) may last a single look, shorter than this sampling: 0 and 1 must be seen.
+    assert {0, 1} <= set(steps), steps
     assert steps == sorted(steps)  # never backwards
     # Frugal: the canary started with one replica while stable kept two.
     assert any(s.get("canaryReplicas") == 1 and s.get("stableReplicas") == 2 for s in seen)
