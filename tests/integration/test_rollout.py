@@ -91,7 +91,7 @@ def endpoints(cluster: Cluster, namespace: str) -> list[str]:
     return sorted(e["targetRef"]["name"] for e in (slice_ or {}).get("endpoints") or [])
 
 
-def sample_until(cluster: Cluster, namespace: str, reason: str, timeout: float = 120) -> list[dict[str, Any]]:
+def sample_until(cluster: Cluster, namespace: str, reason: str, timeout: float = 300) -> list[dict[str, Any]]:
     """Status revisions every half second until CanaryProgressing has `reason`."""
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
