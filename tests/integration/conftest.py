@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ import pytest
 
 from flotilla.testing import OperatorProcess
 from localcluster.cluster import Cluster, wait_for
+
+from .metrics_driver import MetricsDriver
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "smallmodels.flotilla.dev.yaml"
 # Optimizer Job pods select a node that does not exist, so they stay Pending and the test
@@ -144,3 +146,37 @@ def get(cluster: Cluster, kind: str, namespace: str, name: str | None = None, se
 
 def on_ci() -> bool:
     return bool(os.environ.get("CI"))
+
+
+@pytest.fixture
+def driver() -> Iterator[MetricsDriver]:
+    """Triton metrics text for the model `chat`'s simulated pods, as the test sets them."""
+    d = MetricsDriver("chat").start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def metrics_operator(
+    crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory, driver: MetricsDriver
+) -> Iterator[Callable[..., Operator]]:
+    """Start the operator scraping `driver` once a second, with extra FLOTILLA_* settings."""
+    started: list[Operator] = []
+
+    def start(**settings: str) -> Operator:
+        op = Operator(
+            crd,
+            namespace,
+            tmp_path_factory.mktemp("operator"),
+            FLOTILLA_METRICS_URL_TEMPLATE=driver.url_template,
+            FLOTILLA_METRICS_INTERVAL_SECONDS="1",
+            **settings,
+        )
+        op.start()
+        started.append(op)
+        return op
+
+    yield start
+    crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
+    for op in started:
+        op.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -38,27 +38,8 @@ def autoscaled(min_replicas: int = 1, max_replicas: int = 4, delay: int = 6) -> 
 
 
 @pytest.fixture
-def driver() -> Iterator[MetricsDriver]:
-    d = MetricsDriver(NAME).start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def scaling_operator(
-    crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory, driver: MetricsDriver
-) -> Iterator[Operator]:
-    op = Operator(
-        crd,
-        namespace,
-        tmp_path_factory.mktemp("operator"),
-        FLOTILLA_METRICS_URL_TEMPLATE=driver.url_template,
-        FLOTILLA_METRICS_INTERVAL_SECONDS="1",
-    )
-    op.start()
-    yield op
-    crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
-    op.stop()
+def scaling_operator(metrics_operator: Callable[..., Operator]) -> Operator:
+    return metrics_operator()
 
 
 def replicas(cluster: Cluster, namespace: str, rev: str) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +41,8 @@ def revision(spec: dict[str, Any], key: str) -> str:
 
 
 @pytest.fixture
-def driver() -> Iterator[MetricsDriver]:
-    d = MetricsDriver(NAME).start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def rollout_operator(
-    crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory, driver: MetricsDriver
-) -> Iterator[Operator]:
-    op = Operator(
-        crd,
-        namespace,
-        tmp_path_factory.mktemp("operator"),
-        FLOTILLA_METRICS_URL_TEMPLATE=driver.url_template,
-        FLOTILLA_METRICS_INTERVAL_SECONDS="1",
-        FLOTILLA_TRAFFIC_SPLIT="replicas",
-    )
-    op.start()
-    yield op
-    crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
-    op.stop()
+def rollout_operator(metrics_operator: Callable[..., Operator]) -> Operator:
+    return metrics_operator(FLOTILLA_TRAFFIC_SPLIT="replicas")
 
 
 def revisions(cluster: Cluster, namespace: str) -> dict[str, Any]:
@@ -261,46 +241,34 @@ def test_http_route_weights_move_step_by_step(
     kubelet: Kubelet,
     artifact_store: str,
     driver: MetricsDriver,
-    tmp_path_factory: pytest.TempPathFactory,
+    metrics_operator: Callable[..., Operator],
 ) -> None:
     """Where the Gateway API is served, the model's HTTPRoute carries exact weights."""
     from localcluster import gatewayapi
 
     gatewayapi.install(crd)
-    op = Operator(
-        crd,
-        namespace,
-        tmp_path_factory.mktemp("operator"),
-        FLOTILLA_METRICS_URL_TEMPLATE=driver.url_template,
-        FLOTILLA_METRICS_INTERVAL_SECONDS="1",
-        FLOTILLA_GATEWAY_PARENT="gateways/shared",
-    )
-    op.start()
-    try:
-        key, _ = serve_stable(op, kubelet, namespace, driver, spec_with(4))
-        route = wait_for(lambda: get(crd, "httproute", namespace, NAME), timeout=60, what="the model's HTTPRoute")
-        assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
-                                               "name": "shared", "namespace": "gateways"}]  # fmt: skip
-        second = spec_with(8)
-        driver.set(revision(second, key), Profile(rate=20, latency_ms=100))
-        apply(crd, namespace, manifest(NAME, second))
-        weights: list[tuple[int, ...]] = []
-        traffic: list[str | None] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            backends = get(crd, "httproute", namespace, NAME)["spec"]["rules"][0]["backendRefs"]
-            w = tuple(b.get("weight", 1) for b in backends)
-            if not weights or weights[-1] != w:
-                weights.append(w)
-            status = revisions(crd, namespace)
-            traffic.append(status.get("traffic"))
-            if status.get("stable") == revision(second, key) and len(backends) == 1:
-                break
-            time.sleep(0.3)
-        assert (90, 10) in weights and (50, 50) in weights, weights
-        assert weights.index((90, 10)) < weights.index((50, 50))
-        assert weights[-1] == (100,)
-        assert any((t or "").startswith("HTTPRoute: 10% exact") for t in traffic), traffic
-    finally:
-        crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
-        op.stop()
+    op = metrics_operator(FLOTILLA_GATEWAY_PARENT="gateways/shared")
+    key, _ = serve_stable(op, kubelet, namespace, driver, spec_with(4))
+    route = wait_for(lambda: get(crd, "httproute", namespace, NAME), timeout=60, what="the model's HTTPRoute")
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                           "name": "shared", "namespace": "gateways"}]  # fmt: skip
+    second = spec_with(8)
+    driver.set(revision(second, key), Profile(rate=20, latency_ms=100))
+    apply(crd, namespace, manifest(NAME, second))
+    weights: list[tuple[int, ...]] = []
+    traffic: list[str | None] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        backends = get(crd, "httproute", namespace, NAME)["spec"]["rules"][0]["backendRefs"]
+        w = tuple(b.get("weight", 1) for b in backends)
+        if not weights or weights[-1] != w:
+            weights.append(w)
+        status = revisions(crd, namespace)
+        traffic.append(status.get("traffic"))
+        if status.get("stable") == revision(second, key) and len(backends) == 1:
+            break
+        time.sleep(0.3)
+    assert (90, 10) in weights and (50, 50) in weights, weights
+    assert weights.index((90, 10)) < weights.index((50, 50))
+    assert weights[-1] == (100,)
+    assert any((t or "").startswith("HTTPRoute: 10% exact") for t in traffic), traffic
