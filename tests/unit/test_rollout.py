@@ -355,3 +355,13 @@ def test_flotilla_status_says_where_the_rollout_is() -> None:
     text = "\n".join(describe(m))
     assert "canary:  new (1 replicas) at 20% (step 1/3: 10%)" in text
     assert "traffic: ReadyReplicas: Service: 1 of 5 ready replicas (20%) for a 10% step" in text
+
+
+def test_gateway_ref_in_spec_names_the_route_parent() -> None:
+    m = model(rollout={"gatewayRef": {"name": "edge", "namespace": "gw", "sectionName": "https"}})
+    key, rev = key_of(m), revision_of(m)
+    job = job_object(m, complete=True, result=summary(key))
+    p = plan(m, observed(job, deployment_object(m, rev, key), http_route=True), context())
+    route = next(o for o in p.apply if o["kind"] == "HTTPRoute")
+    assert route["spec"]["parentRefs"] == [{"name": "edge", "namespace": "gw", "sectionName": "https"}]
+    assert [b["name"] for b in route["spec"]["rules"][0]["backendRefs"]] == ["chat-stable"]
