@@ -38,7 +38,7 @@ venv: $(STAMP)
 # Re-lock after changing dependencies in pyproject.toml (explicit: file times in a fresh
 # clone say nothing about which file is newer).
 lock: $(STAMP)
-	@$(UV) pip compile pyproject.toml --extra optimize --extra serve --extra dev --python-version 3.11 \
+	@$(UV) pip compile pyproject.toml --extra optimize --extra serve --extra gateway --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_35 -o requirements/lock.txt
 
 cluster-binaries: $(STAMP)
