@@ -161,6 +161,29 @@ def test_a_slow_canary_is_rolled_back_with_the_numbers() -> None:
     assert last.condition_reason == "RolledBack" and last.condition_status == "False"
 
 
+def test_the_outcome_stays_in_the_condition_until_the_next_rollout() -> None:
+    """A reader polling the resource sees Promoted / RolledBack after the fact, and the
+    latest of the two: a rollback followed by a promotion reads Promoted, not the old rollback."""
+    promoted = run(100.0)[-1].revisions
+    later = look(promoted, 5000.0, target="new", canary_ready=0)
+    assert later.outcome == "idle" and later.condition_reason == "Promoted"
+    assert promoted.last_promotion is not None and promoted.last_promotion.replaced == "old"
+    assert "new" in later.condition_message
+
+    rolled = run(200.0)[-1].revisions
+    assert look(rolled, 5000.0, target="old", canary_ready=0).condition_reason == "RolledBack"
+    # Then a good change ("new2") goes through: the condition moves on to Promoted.
+    state = rolled
+    for i in range(200):
+        win = window(interval("new2", 40, 100.0), interval("old", 40, 100.0))
+        decision = look(state, 6000.0 + 10 * i, win=win, target="new2", canary_ready=4)
+        state = decision.revisions
+        if decision.outcome != "progressing":
+            break
+    assert decision.outcome == "promoted", decision
+    assert look(state, 9000.0, target="new2", canary_ready=0).condition_reason == "Promoted"
+
+
 def test_an_erroring_canary_is_rolled_back() -> None:
     decisions = run(100.0, errors=4, rate=100)  # 40% errors at 10% weight
     assert decisions[-1].outcome == "rolled_back"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from flotilla.api.v1alpha1 import CanarySpec, RevisionsStatus
-from flotilla.api.v1alpha1.status import RollbackStatus
+from flotilla.api.v1alpha1.status import PromotionStatus, RollbackStatus
 from flotilla.metrics import Window
 
 from .judge import Evidence, JudgeSettings, Verdict, judge, observe
@@ -123,10 +123,16 @@ def _steady(prev: RevisionsStatus, total: int, message: str, reason: str = "NoCa
 
 
 def idle(prev: RevisionsStatus, total: int) -> Decision:
-    """No rollout in progress: the stable revision serves everything."""
-    last = prev.last_rollback
-    if last is not None and prev.canary is None:
-        return _steady(prev, total, f"revision {last.revision} was rolled back: {last.reason}", "RolledBack")
+    """No rollout in progress: the stable revision serves everything. The condition keeps the
+    outcome of the last rollout (RolledBack or Promoted, whichever came last) until the next one
+    starts, so a reader polling the resource sees it, not only one who watched the transition."""
+    rolled, promoted = prev.last_rollback, prev.last_promotion
+    if promoted is not None and promoted.revision != prev.stable:
+        promoted = None  # stable changed since (a first rollout after a delete, a hand edit)
+    if rolled is not None and (promoted is None or rolled.time >= promoted.time):
+        return _steady(prev, total, f"revision {rolled.revision} was rolled back: {rolled.reason}", "RolledBack")
+    if promoted is not None:
+        return _steady(prev, total, f"revision {promoted.revision} promoted {promoted.reason}", "Promoted")
     return _steady(prev, total, f"revision {prev.stable} serves all traffic")
 
 
@@ -155,7 +161,8 @@ def _rollback(prev: RevisionsStatus, obs: Observation, why: str, reason: str = "
 
 
 def _promote(prev: RevisionsStatus, obs: Observation, how: str) -> Decision:
-    promoted = _with(prev, stable=prev.canary, stable_artifact_key=prev.canary_artifact_key)
+    record = PromotionStatus(revision=prev.canary or obs.target, replaced=prev.stable, reason=how, time=obs.now_text)
+    promoted = _with(prev, stable=prev.canary, stable_artifact_key=prev.canary_artifact_key, last_promotion=record)
     done = _steady(promoted, obs.total, f"revision {prev.canary} promoted {how}", "Promoted")
     note = Note("Normal", "Promoted", f"canary {prev.canary} replaced {prev.stable} {how}")
     return replace(done, outcome="promoted", notes=(note,))
@@ -279,7 +286,7 @@ def decide(spec: CanarySpec, prev: RevisionsStatus, obs: Observation) -> Decisio
             done = _steady(prev, obs.total, f"spec is back at stable {prev.stable}; canary {prev.canary} removed")
             note = Note("Normal", "CanaryCancelled", done.condition_message)
             return replace(done, outcome="cancelled", condition_reason="Cancelled", notes=(note,))
-        return _steady(prev, obs.total, f"revision {prev.stable} serves all traffic")
+        return idle(prev, obs.total)
     if prev.last_rollback is not None and prev.last_rollback.revision == obs.target and prev.canary != obs.target:
         return idle(prev, obs.total)  # not retried until the spec changes again
     notes: tuple[Note, ...] = ()

@@ -56,6 +56,13 @@ class RollbackStatus(StatusModel):
     time: str = Field(description="When (RFC 3339).")
 
 
+class PromotionStatus(StatusModel):
+    revision: str = Field(description="The serving revision that was promoted to stable.")
+    replaced: str | None = Field(default=None, description="The stable revision it replaced.")
+    reason: str = Field(description="How it was promoted (every step passed, a promote command, ...).")
+    time: str = Field(description="When (RFC 3339).")
+
+
 class RevisionsStatus(StatusModel):
     stable: str | None = Field(default=None, description="Serving revision that takes the stable share of traffic.")
     stable_artifact_key: str | None = Field(default=None, description="Artifact the stable revision serves.")
@@ -85,6 +92,7 @@ class RevisionsStatus(StatusModel):
     )
     verdict: str | None = Field(default=None, description="The judge's last verdict in words.")
     last_rollback: RollbackStatus | None = Field(default=None, description="The last failed canary.")
+    last_promotion: PromotionStatus | None = Field(default=None, description="The last promoted canary.")
 
 
 class LatencyStatus(StatusModel):
