@@ -317,10 +317,12 @@ def test_a_latency_regression_is_rolled_back_under_load(stack: Stack) -> None:
     load.start()
     try:
         time.sleep(5)
-        # Batching turned off under concurrent load: every request waits for the ones before it,
-        # a real regression as users make it. (A long maxQueueDelayMicroseconds only costs time
-        # while batches do not fill; with 4+ requests in flight they fill, so it would not be.)
-        seconds, cond = _rollout(stack, {"serving": {"maxBatchSize": 1}}, "RolledBack", load)
+        # A unit slip as users make it: maxQueueDelayMicroseconds 5000000 meant as 5 ms. At this
+        # load a batch of 8 never fills, so every canary request waits for the delay. Measured on
+        # this 2-core machine with other work running: batching off (maxBatchSize 1) cost +36%
+        # and a 2 s delay +50..90%, both too close to the 30% margin to decide within minutes.
+        change = {"serving": {"maxBatchSize": 8, "maxQueueDelayMicroseconds": 5_000_000}}
+        seconds, cond = _rollout(stack, change, "RolledBack", load)
         time.sleep(8)
     finally:
         load.stop()
