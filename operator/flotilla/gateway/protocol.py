@@ -214,8 +214,10 @@ def parse_completion(body: bytes, max_tokens_limit: int) -> CompletionRequest:
     _check_sampling(req, max_tokens_limit)
     if isinstance(req.prompt, list) and len(req.prompt) != 1:
         raise invalid("prompt", "exactly one prompt per request is supported")
-    for name in ("echo", "suffix", "best_of"):
-        if getattr(req, name) not in (None, False, 1):
+    # Explicit tests: `True in (None, False, 1)` would hold, True being 1.
+    unsupported = {"echo": req.echo is True, "suffix": bool(req.suffix), "best_of": (req.best_of or 1) != 1}
+    for name, asked in unsupported.items():
+        if asked:
             raise invalid(name, f"{name} is not supported")
     return req
 
