@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -176,3 +186,66 @@ class FakeTriton:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+class GatewayProcess:
+    """`python -m flotilla gateway` as a real process (tests, benchmark), on a free port."""
+
+    def __init__(self, kubeconfig: Path | None, log_path: Path, settings: dict[str, str]) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.settings = {"FLOTILLA_GATEWAY_HOST": "127.0.0.1", **settings}
+        self.port_file = log_path.with_suffix(".port")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, cpu: int | None = None, timeout: float = 30) -> GatewayProcess:
+        env = {**os.environ, **self.settings, "PYTHONUNBUFFERED": "1"}
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        self.port_file.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "flotilla", "gateway", "--port", "0", "--port-file", str(self.port_file)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        if cpu is not None:
+            os.sched_setaffinity(self.proc.pid, {cpu})
+        deadline = time.monotonic() + timeout
+        while not self.port_file.exists() or not self.port_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start; log:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read().decode()
+
+    def wait_ready(self, timeout: float = 30) -> GatewayProcess:
+        deadline = time.monotonic() + timeout
+        while self.get("/readyz")[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway never became ready; log:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
