@@ -2,8 +2,10 @@
 EndpointSlice objects on the local control plane, driven with the official `openai` client.
 
 The upstream pods are played by small aiohttp servers speaking Triton's generate protocol
-(flotilla.gateway.testing.FakeTriton), each on its own loopback address (127.77.0.x, one
-port), as the EndpointSlices name them. That is acceptable here because this tier tests the
+(flotilla.gateway.testing.FakeTriton), each on an address of its own from the process node's
+pod range (198.18.0.0/16, local through an AnyIP route; claimed with the process node's IPAM
+locks so no other cluster's pod has it; the API server refuses loopback addresses in
+EndpointSlices), all on one port, as the EndpointSlices name them. That is acceptable here because this tier tests the
 gateway's routing, retries and cancellation, which a stand-in makes observable; the real
 tritonserver behind the gateway is the slow tier's job (tests/slow/test_gateway_real.py).
 
@@ -28,6 +30,8 @@ import pytest
 from flotilla.gateway.testing import FakeTriton, GatewayProcess
 from flotilla.testing import free_port
 from localcluster.cluster import Cluster, wait_for
+from processnode import network
+from processnode.ipam import Ipam
 from tests.gateway_objects import endpoint, endpoint_slice, smallmodel, smallmodel_status
 
 pytestmark = pytest.mark.cluster
@@ -55,24 +59,32 @@ def put_slice(cluster: Cluster, namespace: str, model: str, role: str, endpoints
 
 
 class Pods:
-    """Stand-in Triton pods on 127.77.0.<n>:PORT, each in a thread of its own."""
+    """Stand-in Triton pods on addresses of the pod range, each in a thread of its own."""
 
     def __init__(self) -> None:
-        self.pods: dict[str, FakeTriton] = {}
+        self.ipam = Ipam(network.DEFAULT_CIDR)
+        self.pods: list[FakeTriton] = []
 
-    def start(self, n: int, **args: Any) -> FakeTriton:
-        ip = f"127.77.0.{n}"
+    def address(self) -> str:
+        """An address of our own where nothing listens (connections to it are refused)."""
+        return self.ipam.allocate("gateway-integration-test")
+
+    def start(self, **args: Any) -> FakeTriton:
+        ip = self.address()
         pod = FakeTriton(name=ip, **args).start_in_thread(ip, PORT)
-        self.pods[ip] = pod
+        self.pods.append(pod)
         return pod
 
     def stop(self) -> None:
-        for pod in self.pods.values():
+        for pod in self.pods:
             pod.stop_thread()
+        self.ipam.release_all()
 
 
 @pytest.fixture
 def pods() -> Iterator[Pods]:
+    if not network.bindable(network.DEFAULT_CIDR):
+        pytest.skip(f"{network.DEFAULT_CIDR} is not local: `sudo ip route add local {network.DEFAULT_CIDR} dev lo`")
     p = Pods()
     yield p
     p.stop()
@@ -100,7 +112,7 @@ def client(gw: GatewayProcess, key: str = "none") -> openai.OpenAI:
 
 
 def serve_chat(cluster: Cluster, namespace: str, pods: Pods, n: int = 2, **pod_args: Any) -> list[FakeTriton]:
-    started = [pods.start(i + 1, **pod_args) for i in range(n)]
+    started = [pods.start(**pod_args) for _ in range(n)]
     apply(cluster, smallmodel("chat", namespace=namespace, status=smallmodel_status("r1")))
     put_slice(cluster, namespace, "chat", "stable", [endpoint(p.host) for p in started])
     return started
@@ -161,7 +173,7 @@ def test_canary_weight_10_of_1000_requests_is_binomial(
     crd: Cluster, namespace: str, pods: Pods, gateway_factory: Any
 ) -> None:
     stable = serve_chat(crd, namespace, pods)
-    canary = pods.start(3)
+    canary = pods.start()
     api = client(gateway_factory())
     put_slice(crd, namespace, "chat", "canary", [endpoint(canary.host)])
     set_status(crd, namespace, "chat", smallmodel_status("r1", "r2", 10, ready="False", reason="CanaryProgressing"))
@@ -197,9 +209,9 @@ def test_a_terminating_endpoint_gets_no_new_request(
 
 
 def test_api_keys_401_403_and_a_watched_secret(crd: Cluster, namespace: str, pods: Pods, gateway_factory: Any) -> None:
-    serve_chat(crd, namespace, pods, n=1)
+    [pod] = serve_chat(crd, namespace, pods, n=1)
     apply(crd, smallmodel("other", namespace=namespace, status=smallmodel_status("o1")))
-    put_slice(crd, namespace, "other", "stable", [endpoint("127.77.0.1")])
+    put_slice(crd, namespace, "other", "stable", [endpoint(pod.host)])
 
     def secret(entries: dict[str, dict[str, Any]]) -> None:
         data = {k: base64.b64encode(json.dumps(v).encode()).decode() for k, v in entries.items()}
@@ -259,10 +271,10 @@ def test_client_disconnect_mid_stream_cancels_upstream(
 
 
 def test_retry_on_a_refused_endpoint_succeeds(crd: Cluster, namespace: str, pods: Pods, gateway_factory: Any) -> None:
-    live = pods.start(1)
+    live = pods.start()
     apply(crd, smallmodel("chat", namespace=namespace, status=smallmodel_status("r1")))
-    # 127.77.0.99: nothing listens there, so every connection to it is refused.
-    put_slice(crd, namespace, "chat", "stable", [endpoint("127.77.0.99"), endpoint(live.host)])
+    # Nothing listens on the first address, so every connection to it is refused.
+    put_slice(crd, namespace, "chat", "stable", [endpoint(pods.address()), endpoint(live.host)])
     gw = gateway_factory()
     api = client(gw)
     for _ in range(20):
@@ -273,16 +285,16 @@ def test_retry_on_a_refused_endpoint_succeeds(crd: Cluster, namespace: str, pods
 
 
 def test_another_namespace_is_never_routed_to(crd: Cluster, namespace: str, pods: Pods, gateway_factory: Any) -> None:
-    serve_chat(crd, namespace, pods, n=1)
+    [pod] = serve_chat(crd, namespace, pods, n=1)
     other = f"{namespace}-x"
     crd.kubectl("create", "namespace", other)
     try:
         apply(crd, smallmodel("secret", namespace=other, status=smallmodel_status("s1")))
-        put_slice(crd, other, "secret", "stable", [endpoint("127.77.0.1")])
+        put_slice(crd, other, "secret", "stable", [endpoint(pod.host)])
         api = client(gateway_factory())
         assert [m.id for m in api.models.list()] == ["chat"]
         with pytest.raises(openai.NotFoundError):
             api.completions.create(model=f"{other}/secret", prompt="x", max_tokens=1)
-        assert pods.pods["127.77.0.1"].requests == 0
+        assert pod.requests == 0
     finally:
         crd.kubectl("delete", "namespace", other, "--wait=false", check=False)
