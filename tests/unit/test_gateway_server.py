@@ -124,6 +124,22 @@ def test_streaming_frames_and_done() -> None:
     serve(check)
 
 
+def test_a_stream_error_is_http_400_before_the_first_frame_and_an_event_after() -> None:
+    async def check(env: Env) -> None:
+        pod = env["pods"][0]
+        pod.stream_error_after = 0
+        status, body, _ = await post(env, "/v1/completions", {"model": "chat", "prompt": "x", "stream": True})
+        assert status == 400 and "top_k" in body["error"]["message"]
+        pod.stream_error_after = 2
+        async with env["client"].post("/v1/completions", json={"model": "chat", "prompt": "x", "stream": True}) as resp:
+            assert resp.status == 200
+            events = [e[6:] for e in (await resp.read()).decode().split("\n\n") if e]
+        assert [json.loads(e)["choices"][0]["text"] for e in events[:2]] == ["Paris ", "is "]
+        assert json.loads(events[2])["error"]["code"] == "upstream_rejected" and len(events) == 3
+
+    serve(check, pods=1)
+
+
 def test_a_refused_endpoint_is_retried_elsewhere() -> None:
     async def check(env: Env) -> None:
         table: RouteTable = env["table"]

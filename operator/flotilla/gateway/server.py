@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import random
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from aiohttp import web
@@ -41,7 +42,6 @@ class Call:
     started: float
     model: str = ""  # namespace/name once resolved
     revision: str = ""
-    picks: list[Pick] = field(default_factory=list)
 
 
 class Gateway:
@@ -53,8 +53,6 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         rng: Rng | None = None,
     ) -> None:
-        import random
-
         self.settings = settings
         self.table = table
         self.upstream = upstream
@@ -288,35 +286,45 @@ class Gateway:
     async def _relay(
         self, request: web.Request, call: Call, stream: Stream, encoder: p.StreamEncoder
     ) -> web.StreamResponse:
-        """Upstream deltas to SSE frames. Once headers are out nothing is retried: a failure
-        becomes an `error` event. A client that leaves raises here (or cancels the handler),
-        and the caller's `stream.close()` drops the upstream connection."""
+        """Upstream deltas to SSE frames. Headers go out with the first frame, so a failure
+        before it (Triton refusing a parameter in its first event) is still a plain HTTP error;
+        after it nothing is retried and a failure becomes an `error` event. A client that
+        leaves cancels the handler (or makes a write fail), and the caller's `stream.close()`
+        drops the upstream connection."""
         loop = asyncio.get_running_loop()
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Request-Id": encoder.ident.id}
         )
-        await response.prepare(request)
         prompt = completion = None
         last: float | None = None
-        ttft, itl = (
-            self.metrics.ttft.labels(call.model, call.revision),
-            self.metrics.itl.labels(call.model, call.revision),
-        )
+        ttft = self.metrics.ttft.labels(call.model, call.revision)
+        itl = self.metrics.itl.labels(call.model, call.revision)
+
+        async def send(frames: Iterable[bytes]) -> None:
+            for frame in frames:
+                if not response.prepared:
+                    await response.prepare(request)
+                await response.write(frame)
+
         try:
             async for piece in stream.events():
                 if piece.text:
                     now = loop.time()
                     (ttft.observe(now - call.started) if last is None else itl.observe(now - last))
                     last = now
-                for frame in encoder.feed(piece):
-                    await response.write(frame)
+                await send(encoder.feed(piece))
                 prompt = piece.prompt_tokens if piece.prompt_tokens is not None else prompt
                 completion = piece.completion_tokens if piece.completion_tokens is not None else completion
-            for frame in encoder.finish(prompt, completion):
-                await response.write(frame)
+            await send(encoder.finish(prompt, completion))
         except p.GatewayError as failure:
+            if not response.prepared:
+                raise
             self.metrics.errors.labels(call.model, call.revision, failure.kind).inc()
-            await response.write(p.StreamEncoder.error(failure))
+            await send([p.StreamEncoder.error(failure)])
+        except ConnectionResetError:
+            # The client left between two frames: nothing to answer, and not a gateway error.
+            self.metrics.errors.labels(call.model, call.revision, "client_disconnected").inc()
+            return response
         self._tokens(call, prompt, completion)
         await response.write_eof()
         return response

@@ -36,6 +36,7 @@ class FakeTriton:
     token_delay_s: float = 0.0
     status: int = 200  # answer every request with this status instead (e.g. 503, 400)
     width: int = 4  # embedding width
+    stream_error_after: int | None = None  # send `data: {"error": ...}` after this many pieces
     requests: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
@@ -105,6 +106,9 @@ class FakeTriton:
         pieces = self._pieces()
         try:
             for i, piece in enumerate(pieces):
+                if i == self.stream_error_after:
+                    await response.write(b'data: {"error": "top_k must be >= 0"}\n\n')
+                    break
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
                 last = i == len(pieces) - 1
