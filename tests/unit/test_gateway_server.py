@@ -402,3 +402,69 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLOTILLA_GATEWAY_DEFAULT_NAMESPACE")
     with pytest.raises(ValueError, match="namespaces"):
         GatewaySettings()
+
+
+class FlakyClient(RecordingClient):
+    """The first watch of each stream fails; the relist then finds a SmallModel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: set[tuple[str, str]] = set()
+
+    def list(self, res: Any, *, namespace: str, fields: Any = None) -> Any:
+        listing = super().list(res, namespace=namespace, fields=fields)
+        relisted = (res.__name__, namespace) in self.failed
+        if res.__name__ == "SmallModel" and namespace == "ml" and relisted:
+            items = [smallmodel("chat", status=smallmodel_status("r1"))]
+
+            class Found:
+                resourceVersion = "2"  # noqa: N815  (lightkube's name)
+
+                async def __aiter__(self) -> Any:
+                    for item in items:
+                        yield type("Obj", (), {"to_dict": lambda self, item=item: item})()
+
+            return Found()
+        return listing
+
+    def watch(self, res: Any, *, namespace: str, **kw: Any) -> Any:
+        key = (res.__name__, namespace)
+        if key not in self.failed:
+            self.failed.add(key)
+            self.calls.append(("watch", res.__name__, namespace))
+
+            async def broken() -> Any:
+                raise ConnectionError("watch dropped")
+                yield None
+
+            return broken()
+        return super().watch(res, namespace=namespace, **kw)
+
+
+def test_a_failed_watch_relists_and_the_table_converges() -> None:
+    async def main() -> None:
+        cfg = settings()
+        client = FlakyClient()
+        table = RouteTable(cfg.namespaces)
+        watcher = Watcher(client, table, cfg, lambda _: None)  # type: ignore[arg-type]
+        task = asyncio.create_task(watcher.run())
+        for _ in range(60):
+            if table.get("ml", "chat") is not None:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        assert table.get("ml", "chat") is not None
+        assert watcher.relists >= 4  # every stream failed once and listed again
+        lists = [c for c in client.calls if c[0] == "list" and c[1] == "SmallModel" and c[2] == "ml"]
+        assert len(lists) == 2
+
+    asyncio.run(main())
+
+
+def test_the_cli_knows_the_gateway_and_refuses_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flotilla import cli
+    from flotilla.gateway import server
+
+    assert "gateway" in cli.COMMANDS
+    monkeypatch.delenv("FLOTILLA_GATEWAY_NAMESPACES", raising=False)
+    assert server.main([]) == 2
