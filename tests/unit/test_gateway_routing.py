@@ -117,6 +117,14 @@ def test_a_retry_excludes_endpoints_already_tried() -> None:
         pick(r, rng, exclude=[first.endpoint.address, second.endpoint.address])
 
 
+def test_avoided_endpoints_are_used_only_when_nothing_else_is_left() -> None:
+    r = route(canary_table(0))
+    rng = random.Random(0)
+    assert {pick(r, rng, avoid=["10.0.0.1:8000"]).endpoint.ip for _ in range(50)} == {"10.0.0.2"}
+    both = ["10.0.0.1:8000", "10.0.0.2:8000"]
+    assert {pick(r, rng, avoid=both).endpoint.ip for _ in range(50)} == {"10.0.0.1", "10.0.0.2"}
+
+
 def test_spill_to_the_other_revision_only_when_it_has_weight() -> None:
     # Canary at 10% with no ready pod: its share goes to stable (weight 90 > 0).
     table = table_with(

@@ -149,13 +149,20 @@ def test_a_refused_endpoint_is_retried_elsewhere() -> None:
             table.delete_slice("ml", f"chat-stable-{pod.port}-0")
         add_pod(table, "chat", dead)
         add_pod(table, "chat", env["pods"][0])
-        for _ in range(6):  # least-outstanding ties are random: some land on the dead one first
+        live = env["pods"][0]
+        env["gateway"].outstanding[live.address] = 1  # so least-outstanding tries the dead one first
+        status, body, _ = await post(env, "/v1/chat/completions", CHAT)
+        assert status == 200, body
+        env["gateway"].outstanding.clear()
+        for _ in range(5):
             status, body, _ = await post(env, "/v1/chat/completions", CHAT)
             assert status == 200, body
         assert env["pods"][0].requests == 6
         assert env["gateway"].outstanding == {}
         metrics = await (await env["client"].get("/metrics")).text()
-        assert 'flotilla_gateway_retries_total{model="ml/chat",revision="r1"}' in metrics
+        # Once refused, the dead endpoint is avoided (ejected): at most one request paid a retry.
+        assert 'flotilla_gateway_retries_total{model="ml/chat",revision="r1"} 1.0' in metrics
+        assert list(env["gateway"].ejected) == [dead.address]
 
     serve(check)
 

@@ -11,7 +11,9 @@ request path only reads it. Rules (docs/gateway.md):
   stable; the RNG is injected so tests are exact.
 - Endpoint second: among the revision's endpoints that are ready and not terminating, the one
   with the fewest outstanding requests from this gateway (ties at random). A retry excludes
-  the endpoints already tried.
+  the endpoints already tried, and an endpoint that just refused a connection is avoided
+  for a few seconds while the revision has others (passive outlier ejection: the watch
+  learns of a dead pod only after its readiness probe fails).
 - Spill-over: when the chosen revision has no usable endpoint, the other revision takes the
   request only if its own weight is above 0. A weight-0 canary has not been given traffic
   (or was rolled back); a weight-0 stable is being replaced at 100%.
@@ -116,9 +118,15 @@ def least_outstanding(candidates: list[Endpoint], outstanding: Mapping[str, int]
 
 
 def pick(
-    route: ModelRoute, rng: Rng, outstanding: Mapping[str, int] | None = None, exclude: Iterable[str] = ()
+    route: ModelRoute,
+    rng: Rng,
+    outstanding: Mapping[str, int] | None = None,
+    exclude: Iterable[str] = (),
+    avoid: Iterable[str] = (),
 ) -> Pick:
-    """Where one attempt of a request goes; raises NoEndpointError."""
+    """Where one attempt of a request goes; raises NoEndpointError. `exclude` is hard (the
+    endpoints this request already tried); `avoid` is soft (endpoints that recently refused
+    connections): used only when nothing else of the revision is left."""
     outstanding = outstanding or {}
     excluded = set(exclude)
     role = choose_role(route, rng)
@@ -129,9 +137,11 @@ def pick(
             role, candidates = other, route.usable(other, excluded)
     if not candidates:
         raise NoEndpointError(f"{route.namespace}/{route.name} has no ready endpoint")
+    avoided = set(avoid)
+    preferred = [e for e in candidates if e.address not in avoided] if avoided else candidates
     revision = route.revision(role)
     assert revision is not None  # usable() is empty for a role without a revision
-    return Pick(role, revision, least_outstanding(candidates, outstanding, rng))
+    return Pick(role, revision, least_outstanding(preferred or candidates, outstanding, rng))
 
 
 # ---------------------------------------------------------------- parsing objects

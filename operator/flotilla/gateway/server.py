@@ -62,6 +62,7 @@ class Gateway:
         self.keys: KeyRing = KeyRing(enabled=True) if settings.api_keys_secret else OPEN
         self.outstanding: dict[str, int] = {}  # endpoint address -> requests in flight
         self.per_key: dict[str, int] = {}
+        self.ejected: dict[str, float] = {}  # endpoint address -> loop time its ejection ends
         self.synced = asyncio.Event()
         self._change = asyncio.Event()
         table.listeners.append(self._notify)
@@ -116,7 +117,7 @@ class Gateway:
         while True:
             current = self.table.get(route.namespace, route.name) or route
             try:
-                return pick(current, self.rng, self.outstanding, tried)
+                return pick(current, self.rng, self.outstanding, tried, self._avoided(loop.time()))
             except NoEndpointError:
                 hold = self.settings.scale_from_zero_hold_seconds
                 if tried or not current.scales_from_zero or hold <= 0:
@@ -129,6 +130,13 @@ class Gateway:
                 change = self._change
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(change.wait(), remaining)
+
+    def _avoided(self, now: float) -> list[str]:
+        if not self.ejected:
+            return []
+        for addr in [a for a, until in self.ejected.items() if until <= now]:
+            del self.ejected[addr]
+        return list(self.ejected)
 
     def _hold(self, chosen: Pick, call: Call) -> None:
         addr = chosen.endpoint.address
@@ -158,9 +166,12 @@ class Gateway:
             except RetryableError as err:
                 self._release(chosen, call)
                 tried.append(chosen.endpoint.address)
+                if err.eject:
+                    eject_until = asyncio.get_running_loop().time() + self.settings.eject_seconds
+                    self.ejected[chosen.endpoint.address] = eject_until
                 self.metrics.retries.labels(call.model, chosen.revision).inc()
                 last = err
-                log.info("retrying %s elsewhere: %s", call.model, err)
+                log.info("%s: retrying elsewhere after %s", call.model, err)
             except BaseException:
                 self._release(chosen, call)
                 raise
@@ -446,7 +457,8 @@ def main(argv: Sequence[str]) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # lightkube's client logs every request
+    for name in ("httpx", "httpx2"):  # lightkube's HTTP client logs every request
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     def ready(port: int) -> None:
         if args.port_file:

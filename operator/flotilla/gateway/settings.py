@@ -46,6 +46,9 @@ class GatewaySettings(BaseSettings):
     retries: int = Field(
         default=2, ge=0, le=10, description="Other endpoints tried when one fails before any byte reached the client."
     )
+    eject_seconds: float = Field(
+        default=5.0, ge=0, description="How long an endpoint that refused a connection is avoided."
+    )
     retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After of a 503.")
     pool_per_host: int = Field(default=256, ge=1, description="Pooled connections per pod.")
     watch_backoff_max_seconds: float = Field(default=30.0, gt=0, description="Cap of the relist backoff.")

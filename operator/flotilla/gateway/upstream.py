@@ -31,7 +31,12 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class RetryableError(Exception):
-    """The attempt failed before any answer: another endpoint may take the request."""
+    """The attempt failed before any answer: another endpoint may take the request. `eject`:
+    the endpoint could not be connected to at all, so avoid it for a while."""
+
+    def __init__(self, message: str, eject: bool = False) -> None:
+        super().__init__(message)
+        self.eject = eject
 
 
 class Upstream:
@@ -69,12 +74,15 @@ class Upstream:
         try:
             resp = await self.session.post(url, data=body, headers=JSON_HEADERS)
         except aiohttp.ConnectionTimeoutError as err:
-            raise RetryableError(f"connect to {endpoint.address} timed out") from err
+            raise RetryableError(f"connect to {endpoint.address} timed out", eject=True) from err
         except aiohttp.SocketTimeoutError as err:
             raise GatewayError("upstream_timeout", f"{endpoint.address} sent no answer in time") from err
+        except aiohttp.ClientConnectorError as err:
+            raise RetryableError(f"{endpoint.address}: {err.os_error}", eject=True) from err
         except (aiohttp.ClientConnectionError, OSError) as err:
-            # Refused, reset, or a pooled keep-alive connection the pod had closed.
-            raise RetryableError(f"{endpoint.address}: {err!r}") from err
+            # Reset, or a pooled keep-alive connection the pod had closed: worth another try,
+            # but no sign the pod is gone.
+            raise RetryableError(f"{endpoint.address}: {type(err).__name__}: {err}") from err
         if resp.status == 200:
             return resp
         try:
