@@ -102,6 +102,21 @@ def test_completion_is_raw() -> None:
         assert status == 200 and body["object"] == "text_completion" and body["model"] == "chat"
         [sent] = [b for pod in env["pods"] for b in pod.bodies]
         assert sent["raw"] is True and sent["text_input"] == "Once" and sent["max_tokens"] == 3
+        await post(env, "/v1/completions", {"model": "chat", "prompt": "Once"})
+        assert [b["max_tokens"] for pod in env["pods"] for b in pod.bodies][-1] == 100  # the default
+
+    serve(check, cfg=settings(default_max_tokens=100))
+
+
+def test_a_bug_is_an_openai_shaped_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(env: Env) -> None:
+        def broken(*_: Any, **__: Any) -> Any:
+            raise KeyError("oops")
+
+        monkeypatch.setattr(env["gateway"].upstream, "generate", broken)
+        status, body, _ = await post(env, "/v1/chat/completions", CHAT)
+        assert status == 500 and body["error"]["type"] == "server_error"
+        assert env["gateway"].outstanding == {}
 
     serve(check)
 

@@ -33,6 +33,7 @@ FailureKind = Literal[
     "upstream_error",
     "upstream_timeout",
     "not_found",
+    "internal",
 ]
 
 # kind -> (HTTP status, OpenAI error type, code). The official clients branch on the status
@@ -51,6 +52,7 @@ STATUS: dict[FailureKind, tuple[int, str, str | None]] = {
     "upstream_error": (502, "upstream_error", "upstream_error"),
     "upstream_timeout": (504, "upstream_error", "upstream_timeout"),
     "not_found": (404, "invalid_request_error", "unknown_url"),
+    "internal": (500, "server_error", "internal_error"),
 }
 
 

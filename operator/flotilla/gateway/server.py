@@ -198,14 +198,21 @@ class Gateway:
             code = response.status
             return response
         except p.GatewayError as failure:
-            self.metrics.errors.labels(call.model, call.revision, failure.kind).inc()
-            status, headers, body = p.render(failure)
-            code = status
-            return web.Response(status=status, headers=headers, body=body, content_type="application/json")
+            code = self._count(failure, call)
+            return _error(failure)
+        except Exception:  # a bug: still an OpenAI-shaped answer, and the traceback in the log
+            log.exception("%s request for %r failed", api, call.model)
+            bug = p.GatewayError("internal", "The gateway failed to answer; see its log")
+            code = self._count(bug, call)
+            return _error(bug)
         finally:
             elapsed = asyncio.get_running_loop().time() - call.started
             if call.model:
                 self.metrics.latency.labels(call.model, call.revision, api, str(code)).observe(elapsed)
+
+    def _count(self, failure: p.GatewayError, call: Call) -> int:
+        self.metrics.errors.labels(call.model, call.revision, failure.kind).inc()
+        return p.STATUS[failure.kind][0]
 
     async def chat(self, request: web.Request, call: Call) -> web.StreamResponse:
         grant = self.keys.authenticate(request.headers.get("Authorization"))
@@ -341,6 +348,11 @@ class Gateway:
         return response
 
 
+def _error(failure: p.GatewayError) -> web.Response:
+    status, headers, body = p.render(failure)
+    return web.Response(status=status, headers=headers, body=body, content_type="application/json")
+
+
 def _json(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json")
 
@@ -373,10 +385,7 @@ def build_app(gateway: Gateway) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def unknown(request: web.Request) -> web.Response:
-        status, headers, body = p.render(
-            p.GatewayError("not_found", f"Unknown request URL: {request.method} {request.path}")
-        )
-        return web.Response(status=status, headers=headers, body=body, content_type="application/json")
+        return _error(p.GatewayError("not_found", f"Unknown request URL: {request.method} {request.path}"))
 
     app.router.add_get("/v1/models", route("models", gateway.models))
     app.router.add_post("/v1/chat/completions", route("chat", gateway.chat))
