@@ -117,6 +117,14 @@ def test_a_retry_excludes_endpoints_already_tried() -> None:
         pick(r, rng, exclude=[first.endpoint.address, second.endpoint.address])
 
 
+def test_a_pinned_role_is_strict() -> None:
+    r = route(canary_table(10))
+    rng = random.Random(0)
+    assert {pick(r, rng, role="canary").revision for _ in range(50)} == {"r2"}
+    with pytest.raises(NoEndpointError):
+        pick(r, rng, exclude=["10.0.1.1:8000"], role="canary")
+
+
 def test_avoided_endpoints_are_used_only_when_nothing_else_is_left() -> None:
     r = route(canary_table(0))
     rng = random.Random(0)

@@ -273,6 +273,29 @@ def test_embeddings_float_and_base64_batched_by_max_batch_size() -> None:
     serve(check)
 
 
+def test_one_embedding_request_never_mixes_revisions() -> None:
+    async def check(env: Env) -> None:
+        table: RouteTable = env["table"]
+        stable, canary = env["pods"]
+        table.replace_slices("ml", [])
+        table.upsert_model(
+            smallmodel("embed", status=smallmodel_status("e1", "e2", 50), task="feature-extraction", max_batch_size=2)
+        )
+        add_pod(table, "embed", stable)
+        add_pod(table, "embed", canary, role="canary")
+        for _ in range(12):
+            before = (stable.requests, canary.requests)
+            status, _, _ = await post(
+                env, "/v1/embeddings", {"model": "embed", "input": ["a", "b", "c", "d", "e", "f"]}
+            )
+            assert status == 200
+            grew = (stable.requests - before[0], canary.requests - before[1])
+            assert sorted(grew) == [0, 3], grew  # three batches, all on one revision
+        assert stable.requests and canary.requests  # both revisions took whole requests
+
+    serve(check)
+
+
 def test_models_lists_served_models_and_keys_filter_it() -> None:
     async def check(env: Env) -> None:
         table: RouteTable = env["table"]

@@ -117,24 +117,33 @@ def least_outstanding(candidates: list[Endpoint], outstanding: Mapping[str, int]
     return best[0] if len(best) == 1 else rng.choice(best)
 
 
+def serving_role(route: ModelRoute, rng: Rng, exclude: Iterable[str] = ()) -> Role:
+    """The revision by weight, spilling to the other one only if that one has weight > 0 and
+    the drawn one has no usable endpoint."""
+    role = choose_role(route, rng)
+    if not route.usable(role, exclude):
+        other: Role = "canary" if role == "stable" else "stable"
+        if route.weight(other) > 0 and route.usable(other, exclude):
+            return other
+    return role
+
+
 def pick(
     route: ModelRoute,
     rng: Rng,
     outstanding: Mapping[str, int] | None = None,
     exclude: Iterable[str] = (),
     avoid: Iterable[str] = (),
+    role: Role | None = None,
 ) -> Pick:
     """Where one attempt of a request goes; raises NoEndpointError. `exclude` is hard (the
     endpoints this request already tried); `avoid` is soft (endpoints that recently refused
-    connections): used only when nothing else of the revision is left."""
+    connections): used only when nothing else of the revision is left. `role` pins the
+    revision (a request split over several upstream calls must not mix revisions)."""
     outstanding = outstanding or {}
     excluded = set(exclude)
-    role = choose_role(route, rng)
+    role = role or serving_role(route, rng, excluded)
     candidates = route.usable(role, excluded)
-    if not candidates:
-        other: Role = "canary" if role == "stable" else "stable"
-        if route.weight(other) > 0:
-            role, candidates = other, route.usable(other, excluded)
     if not candidates:
         raise NoEndpointError(f"{route.namespace}/{route.name} has no ready endpoint")
     avoided = set(avoid)

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from . import protocol as p
 from .keys import OPEN, Grant, KeyRing, authorize
 from .metrics import GatewayMetrics
-from .routing import ModelRoute, NoEndpointError, Pick, Rng, RouteTable, pick
+from .routing import ModelRoute, NoEndpointError, Pick, Rng, Role, RouteTable, pick, serving_role
 from .settings import GatewaySettings
 from .upstream import RetryableError, Stream, Upstream
 
@@ -110,14 +110,14 @@ class Gateway:
     def _unavailable(self, message: str) -> p.GatewayError:
         return p.GatewayError("no_endpoint", message, retry_after=self.settings.retry_after_seconds)
 
-    async def _pick(self, route: ModelRoute, tried: list[str]) -> Pick:
+    async def _pick(self, route: ModelRoute, tried: list[str], role: Role | None = None) -> Pick:
         """An endpoint, holding the request (bounded) while a scale-from-zero model has none."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
             current = self.table.get(route.namespace, route.name) or route
             try:
-                return pick(current, self.rng, self.outstanding, tried, self._avoided(loop.time()))
+                return pick(current, self.rng, self.outstanding, tried, self._avoided(loop.time()), role)
             except NoEndpointError:
                 hold = self.settings.scale_from_zero_hold_seconds
                 if tried or not current.scales_from_zero or hold <= 0:
@@ -152,13 +152,15 @@ class Gateway:
         else:
             self.outstanding[addr] = left
 
-    async def _attempt(self, route: ModelRoute, call: Call, send: Callable[[Pick], Awaitable[T]]) -> tuple[Pick, T]:
+    async def _attempt(
+        self, route: ModelRoute, call: Call, send: Callable[[Pick], Awaitable[T]], role: Role | None = None
+    ) -> tuple[Pick, T]:
         """`send` on one endpoint after another until one answers or the retries are spent.
         The returned pick is held (counted outstanding) until the caller releases it."""
         tried: list[str] = []
         last: Exception | None = None
         for _ in range(self.settings.retries + 1):
-            chosen = await self._pick(route, tried)
+            chosen = await self._pick(route, tried, role)
             call.revision = chosen.revision
             self._hold(chosen, call)
             try:
@@ -238,16 +240,19 @@ class Gateway:
             raise p.GatewayError(
                 "wrong_task", f"`{shown}` is a {route.task} model: embeddings need feature-extraction", "model"
             )
+        # One revision for every batch of the request: vectors of two revisions do not compare.
+        role = serving_role(route, self.rng)
+        bodies = p.infer_bodies(req.inputs(), route.max_batch_size)
         with self._admit(grant):
-            parts = await asyncio.gather(
-                *(self._infer(route, call, body) for body in p.infer_bodies(req.inputs(), route.max_batch_size))
-            )
+            parts = await asyncio.gather(*(self._infer(route, call, body, role) for body in bodies))
         merged = p.Embedded([v for part in parts for v in part.vectors], sum(x.prompt_tokens for x in parts))
         self._tokens(call, merged.prompt_tokens, None)
         return _json(p.embedding_list(shown, merged, req.encoding_format))
 
-    async def _infer(self, route: ModelRoute, call: Call, body: bytes) -> p.Embedded:
-        chosen, result = await self._attempt(route, call, lambda c: self.upstream.infer(c.endpoint, route.name, body))
+    async def _infer(self, route: ModelRoute, call: Call, body: bytes, role: Role) -> p.Embedded:
+        chosen, result = await self._attempt(
+            route, call, lambda c: self.upstream.infer(c.endpoint, route.name, body), role
+        )
         self._release(chosen, call)
         return result
 
@@ -328,7 +333,10 @@ class Gateway:
             async for piece in stream.events():
                 if piece.text:
                     now = loop.time()
-                    (ttft.observe(now - call.started) if last is None else itl.observe(now - last))
+                    if last is None:
+                        ttft.observe(now - call.started)
+                    else:
+                        itl.observe(now - last)
                     last = now
                 await send(encoder.feed(piece))
                 prompt = piece.prompt_tokens if piece.prompt_tokens is not None else prompt
