@@ -9,6 +9,8 @@ server is needed), and this load generator.
   request's scheduled time, so no coordinated omission) of non-streaming chat completions at
   several rates, (a) straight to the upstream's /generate and (b) through the gateway's
   /v1/chat/completions; added p50/p99 = (b) - (a) at the same rate in the same run.
+- Time to first token: the same comparison for streaming (generate_stream direct vs
+  `stream: true` through the gateway), latency to the first SSE event.
 - Ceiling: the gateway pinned to one core (os.sched_setaffinity), closed-loop load with many
   connections; requests/s, with the gateway's own CPU use (from /proc) so the figure can be
   read per gateway core even when the load generator, not the gateway, is what saturates.
@@ -43,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHAT = json.dumps(
     {"model": "chat", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8}
 ).encode()
+STREAM_CHAT = json.dumps({**json.loads(CHAT), "stream": True}).encode()
 GENERATE = json.dumps(
     {
         "text_input": "",
@@ -50,6 +53,7 @@ GENERATE = json.dumps(
         "max_tokens": 8,
     }
 ).encode()
+GENERATE_STREAM = json.dumps({**json.loads(GENERATE), "stream": True}).encode()
 
 
 def cpu_model() -> str:
@@ -150,7 +154,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-async def open_loop(url: str, body: bytes, rate: float, seconds: float, seed: int) -> Result:
+async def open_loop(url: str, body: bytes, rate: float, seconds: float, seed: int, first_event: bool = False) -> Result:
+    """`first_event`: latency to the first SSE event (time to first token) instead of the end."""
     rng = random.Random(seed)
     times, t = [], 0.0
     while True:
@@ -177,9 +182,13 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float, seed: in
             began = loop.time()
             lateness.append(began - (start + at))
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                if first_event:
+                    await r.content.readuntil(b"\n\n")
+                    latencies.append(loop.time() - (start + at))
                 await r.read()
                 ok += r.status == 200
-            latencies.append(loop.time() - (start + at))
+            if not first_event:
+                latencies.append(loop.time() - (start + at))
 
         await asyncio.gather(*(one(at) for at in times))
     return Result(
@@ -210,6 +219,12 @@ async def closed_loop(url: str, body: bytes, connections: int, seconds: float) -
         began = loop.time()
         await asyncio.gather(*(worker() for _ in range(connections)))
         return done, ok, loop.time() - began
+
+
+def run(coro: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -246,8 +261,8 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         direct_url = f"http://127.0.0.1:{up_port}/v2/models/chat/generate"
         gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         for i, rate in enumerate(args.rates):
-            a = asyncio.run(open_loop(direct_url, GENERATE, rate, args.seconds, seed=i))
-            b = asyncio.run(open_loop(gateway_url, CHAT, rate, args.seconds, seed=i))
+            a = run(open_loop(direct_url, GENERATE, rate, args.seconds, seed=i))
+            b = run(open_loop(gateway_url, CHAT, rate, args.seconds, seed=i))
             lines.append(
                 {
                     "bench": "gateway.added_latency",
@@ -264,10 +279,26 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "targets_met": (b.p50_ms - a.p50_ms) <= 1.0 and (b.p99_ms - a.p99_ms) <= 5.0,
                 }
             )
+        stream_url = f"http://127.0.0.1:{up_port}/v2/models/chat/generate_stream"
+        rate = args.stream_rate
+        a = run(open_loop(stream_url, GENERATE_STREAM, rate, args.seconds, seed=99, first_event=True))
+        b = run(open_loop(gateway_url, STREAM_CHAT, rate, args.seconds, seed=99, first_event=True))
+        lines.append(
+            {
+                "bench": "gateway.stream_first_token",
+                "rate_rps": rate,
+                "requests": b.sent,
+                "ok": a.ok + b.ok == a.sent + b.sent,
+                "direct_p50_ms": round(a.p50_ms, 3),
+                "gateway_p50_ms": round(b.p50_ms, 3),
+                "added_p50_ms": round(b.p50_ms - a.p50_ms, 3),
+                "added_p99_ms": round(b.p99_ms - a.p99_ms, 3),
+            }
+        )
         if args.connections <= 0:
             return lines
         before = cpu_seconds(gateway.pid)
-        done, ok, wall = asyncio.run(closed_loop(gateway_url, CHAT, args.connections, args.seconds))
+        done, ok, wall = run(closed_loop(gateway_url, CHAT, args.connections, args.seconds))
         used = cpu_seconds(gateway.pid) - before
         utilization = used / wall
         lines.append(
@@ -299,6 +330,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object per line (the default output)")
     p.add_argument("--rates", default="100,300,600,1000", help="open-loop rates, requests/s, comma-separated")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each step")
+    p.add_argument("--stream-rate", type=float, default=200, help="open-loop rate of the streaming leg")
     p.add_argument("--connections", type=int, default=64, help="closed-loop connections for the ceiling (0: skip it)")
     p.add_argument("--triton", action="store_true", help="against the real tritonserver (not implemented yet)")
     p.add_argument("--role", choices=["bench", "upstream", "gateway"], default="bench", help=argparse.SUPPRESS)
