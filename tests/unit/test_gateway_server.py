@@ -365,6 +365,10 @@ def test_health_readiness_and_metrics() -> None:
         env["gateway"].synced.set()
         async with env["client"].get("/readyz") as resp:
             assert resp.status == 200
+        env["gateway"].draining = True
+        async with env["client"].get("/readyz") as resp:
+            assert resp.status == 503
+        env["gateway"].draining = False
         body = {**CHAT, "stream": True}
         async with env["client"].post("/v1/chat/completions", json=body) as resp:
             await resp.read()

@@ -62,6 +62,7 @@ class Gateway:
         self.keys: KeyRing = KeyRing(enabled=True) if settings.api_keys_secret else OPEN
         self.outstanding: dict[str, int] = {}  # endpoint address -> requests in flight
         self.per_key: dict[str, int] = {}
+        self.draining = False  # set on SIGTERM: /readyz fails while requests are still served
         self.ejected: dict[str, float] = {}  # endpoint address -> loop time its ejection ends
         self.synced = asyncio.Event()
         self._change = asyncio.Event()
@@ -384,6 +385,8 @@ def build_app(gateway: Gateway) -> web.Application:
         return web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
+        if gateway.draining:
+            return web.Response(status=503, text="shutting down")
         if gateway.synced.is_set():
             return web.Response(text="ok")
         return web.Response(status=503, text="waiting for the first list of SmallModels and EndpointSlices")
@@ -438,6 +441,11 @@ async def run(settings: GatewaySettings, ready: Callable[[int], None] | None = N
     watching = asyncio.create_task(watcher.run())
     try:
         await _until_signalled()
+        # Unready first, then keep serving while load balancers notice, then stop listening
+        # (aiohttp lets in-flight requests finish).
+        gateway.draining = True
+        log.info("draining for %gs", settings.drain_seconds)
+        await asyncio.sleep(settings.drain_seconds)
     finally:
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -51,6 +51,9 @@ class GatewaySettings(BaseSettings):
     )
     retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After of a 503.")
     pool_per_host: int = Field(default=256, ge=1, description="Pooled connections per pod.")
+    drain_seconds: float = Field(
+        default=5.0, ge=0, description="After SIGTERM: /readyz fails and requests are still served this long."
+    )
     watch_backoff_max_seconds: float = Field(default=30.0, gt=0, description="Cap of the relist backoff.")
 
     @field_validator("namespaces", mode="before")

@@ -198,7 +198,7 @@ class GatewayProcess:
     def __init__(self, kubeconfig: Path | None, log_path: Path, settings: dict[str, str]) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
-        self.settings = {"FLOTILLA_GATEWAY_HOST": "127.0.0.1", **settings}
+        self.settings = {"FLOTILLA_GATEWAY_HOST": "127.0.0.1", "FLOTILLA_GATEWAY_DRAIN_SECONDS": "0", **settings}
         self.port_file = log_path.with_suffix(".port")
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
