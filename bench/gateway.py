@@ -124,7 +124,9 @@ async def run_gateway(port: int, upstream_port: int) -> None:
 def spawn(role: str, port: int, cpu: int, upstream_port: int = 0) -> subprocess.Popen[bytes]:
     argv = [sys.executable, __file__, "--role", role, "--port", str(port), "--upstream-port", str(upstream_port)]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'operator'}:{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-gateway-{role}-{os.getpid()}.log"
+    with log.open("wb") as out:  # a file, not a pipe nobody reads (a full pipe blocks the child)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     os.sched_setaffinity(proc.pid, {cpu})
     return proc
 
@@ -166,6 +168,7 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float, seed: in
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     latencies: list[float] = []
     lateness: list[float] = []
+    errors: dict[str, int] = {}
     ok = 0
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(20):  # warm the pool
@@ -181,16 +184,22 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float, seed: in
                 await asyncio.sleep(delay)
             began = loop.time()
             lateness.append(began - (start + at))
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
-                if first_event:
-                    await r.content.readuntil(b"\n\n")
-                    latencies.append(loop.time() - (start + at))
-                await r.read()
-                ok += r.status == 200
+            try:
+                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                    if first_event:
+                        await r.content.readuntil(b"\n\n")
+                        latencies.append(loop.time() - (start + at))
+                    await r.read()
+                    ok += r.status == 200
+            except aiohttp.ClientError as err:
+                errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
+                return
             if not first_event:
                 latencies.append(loop.time() - (start + at))
 
         await asyncio.gather(*(one(at) for at in times))
+    if errors:
+        print(json.dumps({"bench": "gateway.errors", "url": url, "rate": rate, "errors": errors}), flush=True)
     return Result(
         rate,
         len(times),

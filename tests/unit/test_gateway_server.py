@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from flotilla.gateway import protocol
 from flotilla.gateway.keys import KeyRing
 from flotilla.gateway.routing import RouteTable
 from flotilla.gateway.server import Gateway, build_app, start_site
@@ -84,6 +85,7 @@ def test_chat_completion_round_trip() -> None:
         assert status == 200, body
         assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
         assert headers["Content-Type"].startswith("application/json")
+        protocol.ChatCompletion.model_validate(body)  # the answer matches the response schema
         assert body["model"] == "chat" and body["system_fingerprint"] == "r1"
         assert body["choices"][0]["message"] == {"role": "assistant", "content": "Paris is the capital."}
         assert body["choices"][0]["finish_reason"] == "stop"
@@ -100,6 +102,7 @@ def test_completion_is_raw() -> None:
     async def check(env: Env) -> None:
         status, body, _ = await post(env, "/v1/completions", {"model": "ml/chat", "prompt": "Once", "max_tokens": 3})
         assert status == 200 and body["object"] == "text_completion" and body["model"] == "chat"
+        protocol.TextCompletion.model_validate(body)
         [sent] = [b for pod in env["pods"] for b in pod.bodies]
         assert sent["raw"] is True and sent["text_input"] == "Once" and sent["max_tokens"] == 3
         await post(env, "/v1/completions", {"model": "chat", "prompt": "Once"})

@@ -142,10 +142,10 @@ class Gateway:
     def _hold(self, chosen: Pick, call: Call) -> None:
         addr = chosen.endpoint.address
         self.outstanding[addr] = self.outstanding.get(addr, 0) + 1
-        self.metrics.in_flight.labels(call.model, chosen.revision).inc()
+        self.metrics.series(call.model, chosen.revision).in_flight.inc()
 
     def _release(self, chosen: Pick, call: Call) -> None:
-        self.metrics.in_flight.labels(call.model, chosen.revision).dec()
+        self.metrics.series(call.model, chosen.revision).in_flight.dec()
         addr = chosen.endpoint.address
         left = self.outstanding.get(addr, 1) - 1
         if left <= 0:
@@ -172,7 +172,7 @@ class Gateway:
                 if err.eject:
                     eject_until = asyncio.get_running_loop().time() + self.settings.eject_seconds
                     self.ejected[chosen.endpoint.address] = eject_until
-                self.metrics.retries.labels(call.model, chosen.revision).inc()
+                self.metrics.series(call.model, chosen.revision).retries.inc()
                 last = err
                 log.info("%s: retrying elsewhere after %s", call.model, err)
             except BaseException:
@@ -184,10 +184,11 @@ class Gateway:
         return p.Identity(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), shown, revision)
 
     def _tokens(self, call: Call, prompt: int | None, completion: int | None) -> None:
+        series = self.metrics.series(call.model, call.revision)
         if prompt is not None:
-            self.metrics.prompt_tokens.labels(call.model, call.revision).observe(prompt)
+            series.prompt_tokens.observe(prompt)
         if completion is not None:
-            self.metrics.completion_tokens.labels(call.model, call.revision).observe(completion)
+            series.completion_tokens.observe(completion)
 
     # ------------------------------------------------------------ handlers
 
@@ -211,7 +212,7 @@ class Gateway:
         finally:
             elapsed = asyncio.get_running_loop().time() - call.started
             if call.model:
-                self.metrics.latency.labels(call.model, call.revision, api, str(code)).observe(elapsed)
+                self.metrics.observe_latency(call.model, call.revision, api, str(code), elapsed)
 
     def _count(self, failure: p.GatewayError, call: Call) -> int:
         self.metrics.errors.labels(call.model, call.revision, failure.kind).inc()
@@ -321,8 +322,8 @@ class Gateway:
         )
         prompt = completion = None
         last: float | None = None
-        ttft = self.metrics.ttft.labels(call.model, call.revision)
-        itl = self.metrics.itl.labels(call.model, call.revision)
+        series = self.metrics.series(call.model, call.revision)
+        ttft, itl = series.ttft, series.itl
 
         async def send(frames: Iterable[bytes]) -> None:
             for frame in frames:
