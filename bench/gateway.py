@@ -67,6 +67,14 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def calibration_ms() -> float:
+    began = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    return round((time.perf_counter() - began) * 1000, 1)
+
+
 def cpu_flags() -> list[str]:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
@@ -357,7 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         uvloop.run(run_upstream(args.port) if args.role == "upstream" else run_gateway(args.port, args.upstream_port))
         return 0
-    machine = {"bench": "gateway.machine", "cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count()}
+    machine = {
+        "bench": "gateway.machine",
+        "cpu": cpu_model(),
+        "flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        # A fixed pure-Python loop: compare runs made under different load on the same machine.
+        "calibration_loop_ms": calibration_ms(),
+    }
     print(json.dumps(machine), flush=True)
     if args.triton:
         # Filled in once the serving side's generate contract (finish_reason, token counts) lands:

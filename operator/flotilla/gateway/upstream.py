@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from .protocol import (
     Embedded,
@@ -43,6 +44,7 @@ class Upstream:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str], URL] = {}  # parsed once per endpoint and path
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -70,7 +72,11 @@ class Upstream:
 
     async def _post(self, endpoint: Endpoint, path: str, body: bytes) -> aiohttp.ClientResponse:
         """POST and return a 200 response with its body unread; raise RetryableError or GatewayError."""
-        url = f"http://{endpoint.address}{path}"
+        url = self._urls.get((endpoint.address, path))
+        if url is None:
+            if len(self._urls) > 4096:  # pods come and go: forget old addresses now and then
+                self._urls.clear()
+            url = self._urls[(endpoint.address, path)] = URL(f"http://{endpoint.address}{path}", encoded=True)
         try:
             resp = await self.session.post(url, data=body, headers=JSON_HEADERS)
         except aiohttp.ConnectionTimeoutError as err:
