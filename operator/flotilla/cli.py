@@ -31,6 +31,12 @@ def _run(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _gateway(argv: Sequence[str]) -> int:
+    from flotilla.gateway.server import main
+
+    return main(argv)
+
+
 def _rollout(verb: str) -> Command:
     def run(argv: Sequence[str]) -> int:
         from flotilla.control import main
@@ -44,6 +50,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "crds": (_crds, "write (or --check) the CRD YAML generated from the api models"),
     "optimize": (_optimize, "run the optimizer (the optimization Job's entry point)"),
     "run": (_run, "run the operator"),
+    "gateway": (_gateway, "run the OpenAI-compatible gateway in front of the served models"),
     "promote": (_rollout("promote"), "promote a SmallModel's canary now"),
     "abort": (_rollout("abort"), "roll a SmallModel's canary back now"),
     "status": (_rollout("status"), "show a SmallModel's revisions, canary, verdict and scaling"),
