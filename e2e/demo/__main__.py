@@ -3,7 +3,8 @@
 A list of steps, each printed as it runs: the local control plane, the process node (runs
 pods as local processes), the CRD and the operator, the model's weights in a claim, the
 SmallModel applied, the optimizer Job's progress, Ready, prompts through the Service's
-endpoints to Triton's generate endpoint, and `kubectl get slm`. The cluster, the node and
+endpoints to Triton's generate endpoint, the gateway and one streamed question through it with
+the `openai` client, and `kubectl get slm`. The cluster, the node and
 the operator keep running afterwards; `make demo-down` stops them.
 
     python -m demo            # run (again: reuses the cluster and the built artifact)
@@ -37,6 +38,8 @@ STEPS = [
     Step("Optimization Job: ONNX export, quantization recipes, accuracy gate", steps.wait_optimized),
     Step("Triton serving the artifact", steps.wait_ready),
     Step("Ask the model (through the Service's endpoints)", steps.ask),
+    Step("The OpenAI-compatible gateway (flotilla gateway)", steps.gateway),
+    Step("Ask through the gateway with the openai client, streamed", steps.ask_gateway),
     Step("What Flotilla reports", steps.report),
 ]
 

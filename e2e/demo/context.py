@@ -37,6 +37,12 @@ class Demo:
         return self.cluster
 
     @property
+    def gateway_url(self) -> str:
+        port_file = self.state_dir / "gateway.port"
+        port = port_file.read_text().strip() if port_file.exists() else "?"
+        return f"http://127.0.0.1:{port}"
+
+    @property
     def operator_log(self) -> Path:
         return self.state_dir / "operator.log"
 

@@ -4,8 +4,13 @@ one-line cause (the cluster and processes stay up to look around)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,6 +227,87 @@ def ask(demo: Demo) -> None:
         print(f"\n    Q: {prompt}\n    A: {answer.strip()}   ({time.monotonic() - started:.1f}s)", flush=True)
 
 
+# --- the gateway --------------------------------------------------------------------------
+
+
+def _gateway_pid(demo: Demo) -> int | None:
+    try:
+        pid = int((demo.state_dir / "gateway.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def stop_gateway(demo: Demo) -> int | None:
+    pid = _gateway_pid(demo)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if _gateway_pid(demo) is None:
+                break
+            time.sleep(0.1)
+    (demo.state_dir / "gateway.pid").unlink(missing_ok=True)
+    return pid
+
+
+def gateway(demo: Demo) -> None:
+    """`flotilla gateway` as a local process (in a cluster: its Deployment in the chart)."""
+    stop_gateway(demo)  # a fresh one: picks up code changes
+    port_file = demo.state_dir / "gateway.port"
+    port_file.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(demo.kube.kubeconfig),
+        "FLOTILLA_GATEWAY_NAMESPACES": NAMESPACE,
+        "FLOTILLA_GATEWAY_HOST": "127.0.0.1",
+        "FLOTILLA_GATEWAY_DRAIN_SECONDS": "0",
+    }
+    argv = [sys.executable, "-m", "flotilla", "gateway", "--port", "0", "--port-file", str(port_file)]
+    with (demo.state_dir / "gateway.log").open("ab") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (demo.state_dir / "gateway.pid").write_text(str(proc.pid))
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise DemoError(f"the gateway exited; see {demo.state_dir / 'gateway.log'}")
+        if not port_file.exists() or not port_file.read_text():
+            return False
+        try:
+            with urllib.request.urlopen(f"{demo.gateway_url}/readyz", timeout=2) as resp:
+                return int(resp.status) == 200
+        except OSError:
+            return False
+
+    wait("the gateway to list the models", ready, timeout=60)
+    say(f"gateway pid {proc.pid} at {demo.gateway_url}/v1 (OpenAI API); log {demo.state_dir / 'gateway.log'}")
+
+
+def ask_gateway(demo: Demo) -> None:
+    """One question through the gateway with the official openai client, streamed."""
+    from openai import OpenAI, OpenAIError
+
+    client = OpenAI(base_url=f"{demo.gateway_url}/v1", api_key="not-needed")
+    question = PROMPTS[0]
+    print(f"\n    Q: {question}\n    A: ", end="", flush=True)
+    started = time.monotonic()
+    first: float | None = None
+    try:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=32, stream=True
+        )
+        for chunk in stream:
+            text = chunk.choices[0].delta.content if chunk.choices else None
+            if text:
+                first = first or time.monotonic()
+                print(text, end="", flush=True)
+    except OpenAIError as err:
+        raise DemoError(f"the gateway answered with an error: {err}") from err
+    total = time.monotonic() - started
+    ttft = f"{first - started:.2f}s" if first else "no token"
+    print(f"\n    (streamed: first token after {ttft}, whole answer {total:.1f}s)", flush=True)
+
+
 def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) else "?"
 
@@ -254,6 +340,10 @@ Look around:
   kubectl get events -n {NAMESPACE} --sort-by=.lastTimestamp
   ls {demo.node_state / "logs"}          # container logs (the process node writes files)
   cat {demo.operator_log}
+Through the gateway (OpenAI API), from Python:
+  from openai import OpenAI
+  client = OpenAI(base_url="{demo.gateway_url}/v1", api_key="not-needed")
+  client.chat.completions.create(model="{MODEL}", messages=[{{"role": "user", "content": "Hi"}}])
 Stop everything:
   make demo-down
 """
@@ -261,6 +351,8 @@ Stop everything:
 
 
 def down(demo: Demo) -> None:
+    pid = stop_gateway(demo)
+    print(f"[demo] gateway {f'stopped (pid {pid})' if pid else 'not running'}")
     pid = OperatorProcess.stop_detached(demo.state_dir / "operator.pid")
     print(f"[demo] operator {f'stopped (pid {pid})' if pid else 'not running'}")
     pid = processnode.stop_detached(demo.node_state)

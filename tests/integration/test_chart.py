@@ -67,7 +67,18 @@ def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
         if d
     ]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == sorted(
+        ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"]
+        + ["Deployment", "Service", "ServiceAccount"]  # the gateway
+        + ["Role", "RoleBinding"] * 2  # the gateway's read rights in each served namespace (a, b)
+    )
+    gateway = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway"))
+    env = {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FLOTILLA_GATEWAY_NAMESPACES"] == "a,b"
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
+    selector = operator["spec"]["selector"]["matchLabels"]
+    pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    assert not all(pod_labels.get(k) == v for k, v in selector.items())  # the operator never selects them
     config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
     assert config["namespaces"] == ["a", "b"]
     from flotilla.config import load_config
@@ -78,10 +89,12 @@ def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
 
 
 @pytest.fixture
-def release(crd: Cluster, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def release(crd: Cluster, namespace: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     name, ns = f"r{uuid.uuid4().hex[:6]}", f"flotilla-system-{uuid.uuid4().hex[:6]}"
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"nodeSelector": NO_NODE}))  # no simulated node fakes the operator pod
+    # No simulated node fakes the operator's or the gateway's pods; the gateway serves `namespace`.
+    gateway = {"nodeSelector": NO_NODE, "namespaces": [namespace], "apiKeysSecret": "gateway-keys"}
+    values.write_text(yaml.safe_dump({"nodeSelector": NO_NODE, "gateway": gateway}))
     helm(crd, "install", name, str(CHART), "-n", ns, "--create-namespace", "-f", str(values))
     yield name, ns
     helm(crd, "uninstall", name, "-n", ns)
@@ -132,3 +145,47 @@ def test_operator_runs_under_the_chart_rbac(
         operator.stop()
     log = operator.log()
     assert "403" not in log and "Forbidden" not in log and "forbidden" not in log, log[-3000:]
+
+
+def can_i(cluster: Cluster, account: str, verb: str, resource: str, namespace: str, name: str = "") -> bool:
+    args = ["auth", "can-i", verb, resource + (f"/{name}" if name else ""), "-n", namespace, "--as", account]
+    return cluster.kubectl(*args, check=False).stdout.strip() == "yes"
+
+
+def test_gateway_runs_under_the_chart_rbac_and_reads_nothing_else(
+    crd: Cluster, release: tuple[str, str], namespace: str, tmp_path: Path
+) -> None:
+    from flotilla.gateway.testing import GatewayProcess
+
+    name, ns = release
+    account = f"system:serviceaccount:{ns}:{name}-flotilla-gateway"
+    assert can_i(crd, account, "watch", "smallmodels.flotilla.dev", namespace)
+    assert can_i(crd, account, "list", "endpointslices.discovery.k8s.io", namespace)
+    assert not can_i(crd, account, "list", "smallmodels.flotilla.dev", "default")  # not a served namespace
+    assert not can_i(crd, account, "patch", "smallmodels.flotilla.dev", namespace)  # it writes nothing
+    assert not can_i(crd, account, "get", "secrets", namespace)
+    assert can_i(crd, account, "get", "secrets", ns, "gateway-keys")
+    assert not can_i(crd, account, "get", "secrets", ns, "other-secret")
+
+    key = {"demo": json.dumps({"key": "sk-chart-test"})}
+    crd.kubectl(
+        "create", "secret", "generic", "gateway-keys", "-n", ns, *[f"--from-literal={k}={v}" for k, v in key.items()]
+    )
+    kubeconfig = token_kubeconfig(crd, ns, f"{name}-flotilla-gateway", tmp_path / "gw-kubeconfig")
+    gateway = GatewayProcess(
+        kubeconfig,
+        tmp_path / "gateway.log",
+        {
+            "FLOTILLA_GATEWAY_NAMESPACES": namespace,
+            "FLOTILLA_GATEWAY_OWN_NAMESPACE": ns,
+            "FLOTILLA_GATEWAY_API_KEYS_SECRET": "gateway-keys",
+        },
+    ).start()
+    try:
+        # Ready only after every watch (SmallModels, EndpointSlices, the keys Secret) listed.
+        wait_for(lambda: gateway.get("/readyz")[0] == 200, timeout=60, what="the gateway ready under its chart role")
+        assert gateway.get("/v1/models")[0] == 401  # the keys Secret was read: no key, no answer
+    finally:
+        gateway.stop()
+    log = gateway.log()
+    assert "403" not in log and "orbidden" not in log, log[-3000:]
