@@ -418,6 +418,7 @@ class FakeResponse:
 
 class FakeError:
     INVALID_ARG = "INVALID_ARG"
+    CANCELLED = "CANCELLED"
 
     def __init__(self, message: str, code: str = "INTERNAL") -> None:
         self.message, self.code = message, code
@@ -537,3 +538,24 @@ def test_execute_keeps_no_request_state_on_the_model(triton_model: Any) -> None:
     before = set(vars(model))
     model.execute([FakeRequest(text_input="hello", max_tokens=2, stream=True)])
     assert set(vars(model)) == before
+
+
+def test_a_cancelled_or_unreachable_request_is_dropped_and_its_batch_goes_on(triton_model: Any) -> None:
+    model = triton_model()
+    cancelled = FakeRequest(text_input="hello", max_tokens=40, stream=True)
+    cancelled.sender.is_cancelled = lambda: True  # type: ignore[attr-defined]
+    unreachable = FakeRequest(text_input="hello", max_tokens=40, stream=True)
+
+    def broken(response: Any = None, flags: int = 0) -> None:
+        unreachable.sender.sent.append((response, flags))
+        raise RuntimeError("Unable to send response. Response sender has been closed.")
+
+    unreachable.sender.send = broken  # type: ignore[method-assign]
+    fine = FakeRequest(text_input="hello", max_tokens=40)
+    assert model.execute([cancelled, fine, unreachable]) is None
+    ((response, flags),) = fine.sender.sent
+    assert flags == FINAL and response.value("completion_tokens") == 40
+    chunks, (last, last_flags) = cancelled.sender.sent[:-1], cancelled.sender.sent[-1]
+    assert last_flags == FINAL and last.error.code == "CANCELLED"
+    assert len(chunks) <= pm.CANCEL_CHECK_STEPS  # it stopped decoding at the first check
+    assert len(unreachable.sender.sent) == 1  # one failed send, then nothing more

@@ -88,6 +88,7 @@ def _softmax(x: FloatArray) -> FloatArray:
 
 FINISH_STOP = "stop"  # EOS or a stop string
 FINISH_LENGTH = "length"  # max_tokens (which the context length bounds) reached
+FINISH_ABANDONED = "abandoned"  # internal: the request was cancelled, never sent to a client
 MAX_STOPS = 4
 REPLACEMENT_CHAR = "\ufffd"  # what a decode of an incomplete UTF-8 sequence ends with
 
@@ -324,6 +325,11 @@ class Row:
     @property
     def text(self) -> str:
         return self.stream.text
+
+    def abandon(self) -> None:
+        """Stop decoding this row (its request is answered or gone); its text stays as it is."""
+        if not self.finish_reason:
+            self.finish_reason = FINISH_ABANDONED
 
     def choose(self, logits: FloatArray) -> int:
         return pick_token(logits, self.sampling, self.rng)
@@ -602,6 +608,9 @@ def load_engine(
 # Triton's python backend only from here on. `triton_python_backend_utils` exists inside the
 # backend's stub process, so it is imported there and nowhere else.
 
+# How often (decode steps) execute() asks whether clients gave up: an IPC round trip per request.
+CANCEL_CHECK_STEPS = 8
+
 OUTPUT_TYPES: dict[str, Any] = {
     "text_output": np.object_,
     "finish_reason": np.object_,
@@ -683,6 +692,19 @@ class _Job:
     stream: bool
     answered: bool = False
 
+    def close(self) -> None:
+        """Answered (or given up): its rows stop decoding, the batch's others go on."""
+        self.answered = True
+        for r in self.rows:
+            r.abandon()
+
+
+def _drop_cancelled(jobs: Sequence[_Job], replies: _Replies) -> None:
+    for job in jobs:
+        if not job.answered and replies.cancelled(job.index):
+            job.close()
+            replies.error(job.index, "the request was cancelled", "CANCELLED")
+
 
 class _Replies:
     """Where the responses of one execute() go: each request's response sender when the model
@@ -695,22 +717,37 @@ class _Replies:
         self.senders = [r.get_response_sender() for r in requests] if decoupled else []
         self.responses: list[Any] = [None] * len(requests)
 
-    def chunk(self, index: int, response: Any) -> None:
-        self.senders[index].send(response)
+    def chunk(self, index: int, response: Any) -> bool:
+        return self._send(index, response, 0)
 
-    def final(self, index: int, response: Any) -> None:
-        if self.decoupled:
-            # The last response and the final flag in one send: /generate (not streaming)
-            # requires exactly one response, and one message is one IPC round trip less.
-            self.senders[index].send(response, flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        else:
+    def final(self, index: int, response: Any) -> bool:
+        if not self.decoupled:
             self.responses[index] = response
+            return True
+        # The last response and the final flag in one send: /generate (not streaming) requires
+        # exactly one response, and one message is one IPC round trip less.
+        return self._send(index, response, self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def error(self, index: int, message: str) -> None:
+    def _send(self, index: int, response: Any, flags: int) -> bool:
+        """False when this request's response could not be sent (its sender closed): that
+        request is dropped, the batch goes on. A transport problem is not the model's failure."""
+        try:
+            self.senders[index].send(response, flags=flags)
+        except Exception as exc:
+            print(f"flotilla model.py: dropping a request, sending its response failed: {exc}", file=sys.stderr)
+            return False
+        return True
+
+    def error(self, index: int, message: str, code: str = "INVALID_ARG") -> bool:
         # INVALID_ARG: the HTTP frontend answers 400 (the client's mistake), not 500.
-        code = getattr(self.pb.TritonError, "INVALID_ARG", None)
-        error = self.pb.TritonError(message) if code is None else self.pb.TritonError(message, code)
-        self.final(index, self.pb.InferenceResponse(error=error))
+        value = getattr(self.pb.TritonError, code, None)
+        error = self.pb.TritonError(message) if value is None else self.pb.TritonError(message, value)
+        return self.final(index, self.pb.InferenceResponse(error=error))
+
+    def cancelled(self, index: int) -> bool:
+        """Whether the client gave up on this request (Triton 2.51's sender knows)."""
+        check = getattr(self.senders[index], "is_cancelled", None) if self.decoupled else None
+        return bool(check()) if check is not None else False
 
     def returned(self) -> list[Any] | None:
         # A decoupled model's execute must return None.
@@ -803,9 +840,11 @@ class TritonPythonModel:
         assert isinstance(engine, Generator)
         jobs = self._jobs(requests, replies, engine)
         try:
-            for events in engine.decode([r for job in jobs for r in job.rows]):
+            for step, events in enumerate(engine.decode([r for job in jobs for r in job.rows]), start=1):
                 for job in jobs:
                     self._deliver(job, events[job.start : job.start + len(job.rows)], replies)
+                if step % CANCEL_CHECK_STEPS == 0:
+                    _drop_cancelled(jobs, replies)
         except Exception as exc:
             # Raised, not sent as error responses: Triton 2.51 counts an error response as a
             # success and only an exception from execute in nv_inference_request_failure, which
@@ -823,13 +862,11 @@ class TritonPythonModel:
             if event is None or not (event.delta or event.finish_reason):
                 return  # this step's text is held back (partial character or stop string)
             response = self._response([_generation_result(event)])
-            if event.finish_reason:
-                job.answered = True
-                replies.final(job.index, response)
-            else:
-                replies.chunk(job.index, response)
+            sent = replies.final(job.index, response) if event.finish_reason else replies.chunk(job.index, response)
+            if event.finish_reason or not sent:
+                job.close()
         elif all(r.done for r in job.rows):
-            job.answered = True
+            job.close()
             replies.final(job.index, self._response([_row_result(r) for r in job.rows]))
 
     def _encode(self, requests: list[Any]) -> list[Any]:
