@@ -72,6 +72,17 @@ def test_pick_token_samples_the_distribution_and_respects_filters() -> None:
     assert nucleus == {0, 1}
 
 
+def test_a_near_tie_flipped_by_float_noise_does_not_change_the_draw() -> None:
+    """Batch neighbours change a row's logits in the last bits; the draw must not care about
+    the order of two nearly equal tokens (the CDF runs in token-id order, not by probability)."""
+    logits = np.array([0.0, 5.0, 5.0 + 1e-5, 1.0, 4.0], dtype=np.float32)
+    noisy = np.array([0.0, 5.0 + 1e-5, 5.0, 1.0, 4.0], dtype=np.float32)
+    for sampling in (pm.Sampling(1.0, top_p=0.9), pm.Sampling(1.0, top_k=3), pm.Sampling(0.7)):
+        picks = [pm.pick_token(logits, sampling, np.random.default_rng(s)) for s in range(300)]
+        assert picks == [pm.pick_token(noisy, sampling, np.random.default_rng(s)) for s in range(300)]
+        assert {1, 2} <= set(picks)
+
+
 def test_seeded_rng_replays_and_seeds_differ() -> None:
     def draws(seed: int | None) -> list[float]:
         rng = pm.Sampling(temperature=1.0, seed=seed).rng()

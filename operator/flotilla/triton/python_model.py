@@ -185,34 +185,66 @@ def parse_stop(text: str) -> tuple[str, ...]:
 
 def top_k_mask(logits: npt.NDArray[Any], k: int) -> BoolArray:
     """True for the k highest logits (all when k is 0 or covers the vocabulary)."""
-    if k <= 0 or k >= logits.size:
-        return np.ones(logits.shape, dtype=bool)
     mask = np.zeros(logits.shape, dtype=bool)
-    mask[np.argpartition(-logits, k - 1)[:k]] = True
+    mask[_top_k(logits, k)] = True
     return mask
 
 
 def top_p_mask(probs: npt.NDArray[Any], p: float) -> BoolArray:
     """True for the smallest set of most likely tokens whose probability sums to at least p."""
-    if p >= 1.0:
-        return np.ones(probs.shape, dtype=bool)
-    order = np.argsort(-probs, kind="stable")
-    cumulative = np.cumsum(probs[order])
-    keep = min(int(np.searchsorted(cumulative, p, side="left")) + 1, probs.size)
     mask = np.zeros(probs.shape, dtype=bool)
-    mask[order[:keep]] = True
+    mask[_nucleus(probs, p)] = True
     return mask
+
+
+def _top_k(logits: npt.NDArray[Any], k: int) -> IntArray:
+    if k <= 0 or k >= logits.size:
+        return np.arange(logits.size)
+    indices: IntArray = np.argpartition(-logits, k - 1)[:k]
+    return indices
+
+
+def _nucleus(probs: npt.NDArray[Any], p: float) -> IntArray:
+    """Positions of the top-p set. Sorting the whole vocabulary costs ~10 ms per token, so only
+    a head big enough to hold p is sorted (the head grows until it does)."""
+    if p >= 1.0:
+        return np.arange(probs.size)
+    size = min(probs.size, 256)
+    while True:
+        head = np.argpartition(-probs, size - 1)[:size] if size < probs.size else np.arange(probs.size)
+        head = head[np.argsort(-probs[head], kind="stable")]
+        cumulative = np.cumsum(probs[head])
+        if cumulative[-1] >= p or size == probs.size:
+            kept: IntArray = head[: min(int(np.searchsorted(cumulative, p, side="left")) + 1, size)]
+            return kept
+        size = min(probs.size, size * 8)
+
+
+def _filtered(logits: FloatArray, sampling: Sampling) -> tuple[IntArray, npt.NDArray[np.float64]]:
+    """The tokens that may be drawn, in token-id order, and their probabilities.
+
+    Token-id order (not probability order) for the draw: a near tie whose order flips with
+    float noise from the rest of the batch then moves no probability mass, so a seed replays.
+    """
+    scaled = logits.astype(np.float64) / sampling.temperature
+    tokens = _top_k(scaled, sampling.top_k)
+    probs = np.exp(scaled[tokens] - scaled[tokens].max())
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        keep = _nucleus(probs, sampling.top_p)
+        tokens, probs = tokens[keep], probs[keep] / probs[keep].sum()
+    if tokens.size == logits.size:
+        return tokens, probs  # the whole vocabulary, already in token-id order
+    order = np.argsort(tokens)
+    return tokens[order], probs[order]
 
 
 def sampling_distribution(logits: FloatArray, sampling: Sampling) -> npt.NDArray[np.float64]:
     """The distribution one sampled token is drawn from: temperature, then top-k, then top-p."""
-    scaled = logits.astype(np.float64) / sampling.temperature
-    scaled = np.where(top_k_mask(scaled, sampling.top_k), scaled, -np.inf)
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    probs = np.where(top_p_mask(probs, sampling.top_p), probs, 0.0)
-    result: npt.NDArray[np.float64] = probs / probs.sum()
-    return result
+    tokens, probs = _filtered(logits, sampling)
+    full = np.zeros(logits.size, dtype=np.float64)
+    full[tokens] = probs
+    return full
 
 
 def pick_token(logits: FloatArray, sampling: Sampling, rng: np.random.Generator) -> int:
@@ -223,11 +255,10 @@ def pick_token(logits: FloatArray, sampling: Sampling, rng: np.random.Generator)
     """
     if sampling.temperature == 0.0:
         return int(np.argmax(logits))
-    probs = sampling_distribution(logits, sampling)
+    tokens, probs = _filtered(logits, sampling)
     cumulative = np.cumsum(probs)
     index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-    # Zero-probability tokens share their predecessor's cumulative value, so they are never hit.
-    return min(index, probs.size - 1)
+    return int(tokens[min(index, tokens.size - 1)])
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
