@@ -53,7 +53,7 @@ def stream(server: local.LocalTriton, body: dict[str, Any], model: str = "chat")
         )
         response = connection.getresponse()
         chunks = []
-        for raw in iter(response.fp.readline, b""):
+        for raw in iter(response.readline, b""):  # de-chunked, a line as soon as it arrives
             line = raw.decode().strip()
             if line.startswith("data:"):
                 chunks.append(Chunk(time.monotonic(), json.loads(line[len("data:") :])))
