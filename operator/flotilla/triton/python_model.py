@@ -684,6 +684,8 @@ def read_generation(pb: Any, request: Any) -> list[GenerationRequest]:
         raise ParameterError("text_input", "is required")
     texts = _as_texts(tensor.as_numpy())
     n = len(texts)
+    if n == 0:
+        raise ParameterError("text_input", "has no text")
 
     def column(name: str, convert: Callable[[Any], Any], default: Any) -> list[Any]:
         return _column(pb, request, name, n, convert, default)
