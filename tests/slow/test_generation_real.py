@@ -83,9 +83,10 @@ def test_chat_messages_answer_paris_with_usage(triton: local.LocalTriton, tokeni
     # text_input alone is wrapped as one user message: the same prompt, the same greedy answer.
     same = ok(triton, {"text_input": FRANCE[0]["content"], "max_tokens": 32})
     assert same == answer
+    # SmolLM2's template adds its own system prompt when there is none: the count follows the template.
     with_system = [{"role": "system", "content": "You answer in one word."}, *FRANCE]
-    longer = ok(triton, {"text_input": "", "messages": json.dumps(with_system), "max_tokens": 8})
-    assert longer["prompt_tokens"] == chat_prompt_tokens(tokenizer, with_system) > answer["prompt_tokens"]
+    other = ok(triton, {"text_input": "", "messages": json.dumps(with_system), "max_tokens": 8})
+    assert other["prompt_tokens"] == chat_prompt_tokens(tokenizer, with_system) != answer["prompt_tokens"]
 
 
 def test_raw_prompt_skips_the_chat_template(triton: local.LocalTriton, tokenizer: Any) -> None:

@@ -222,6 +222,21 @@ def test_probe_error_response_counts_as_success(probe: local.LocalTriton) -> Non
     assert (interval.requests, interval.errors) == (1, 0)
 
 
+def counted(server: local.LocalTriton, model: str) -> float:
+    """Requests Triton has counted for model so far (successes + failures)."""
+    counters = parse_model(server.metrics(), model)
+    return 0.0 if counters is None else counters.success + counters.failure
+
+
+def wait_counted(server: local.LocalTriton, model: str, total: float, timeout: float = 10.0) -> None:
+    """Decoupled models: the client has its final response before execute() returns, and Triton
+    records a request's statistics only after that, so a scrape right after the answer can miss
+    it (measured: 0 of 4). Wait until the counters hold `total` requests."""
+    deadline = time.monotonic() + timeout
+    while counted(server, model) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def stream(server: local.LocalTriton, x: float) -> tuple[int, list[dict[str, Any]]]:
     """POST /generate_stream on the decoupled probe: HTTP status and the SSE events."""
     status, text = server.request("POST", f"/v2/models/{DECOUPLED}/generate_stream", {"x": x})
@@ -235,6 +250,7 @@ def test_decoupled_probe_counts_requests_not_responses(probe: local.LocalTriton)
     execute as one failure per request of the batch."""
     sampler, targets = Sampler(), [target(probe)]
     look(sampler, probe, DECOUPLED, targets)
+    before = counted(probe, DECOUPLED)
     gate = threading.Barrier(4)
 
     def one(i: int) -> tuple[int, list[dict[str, Any]]]:
@@ -245,6 +261,7 @@ def test_decoupled_probe_counts_requests_not_responses(probe: local.LocalTriton)
         answers = list(pool.map(one, range(4)))
     assert [status for status, _ in answers] == [200] * 4
     assert [[e["y"] for e in events] for _, events in answers] == [[i + 1.0, 2 * (i + 1.0)] for i in range(4)]
+    wait_counted(probe, DECOUPLED, before + 4)
     batch = look(sampler, probe, DECOUPLED, targets).intervals["r1"]
     assert (batch.requests, batch.errors, batch.inferences) == (4, 0, 4)
     assert batch.executions < 4
@@ -254,6 +271,7 @@ def test_decoupled_probe_counts_requests_not_responses(probe: local.LocalTriton)
     assert status == 500 and "probe error response" in str(single)
     status, events = stream(probe, -2.0)
     assert status == 500 and "probe raised in execute" in events[0]["error"]
+    wait_counted(probe, DECOUPLED, before + 6)
     failed = look(sampler, probe, DECOUPLED, targets).intervals["r1"]
     assert (failed.requests, failed.errors) == (2, 1)  # the error response is a "success"
 
@@ -278,6 +296,7 @@ def test_real_models_counts_are_exact(triton: local.LocalTriton) -> None:
     look(sampler, triton, "embed", targets)
     chat_sampler = Sampler()
     look(chat_sampler, triton, "chat", targets)
+    chat_before = counted(triton, "chat")
     started = time.monotonic()
     with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(lambda i: embed_http(triton, [f"sentence {i}"]), range(6)))
@@ -290,6 +309,7 @@ def test_real_models_counts_are_exact(triton: local.LocalTriton) -> None:
     status, text = triton.request("POST", "/v2/models/chat/generate_stream", body)
     assert status == 200 and str(text).count("data:") >= 2, text
     elapsed_ms = (time.monotonic() - started) * 1000
+    wait_counted(triton, "chat", chat_before + 3)  # chat is decoupled (see wait_counted)
     embed = look(sampler, triton, "embed", targets).intervals["r1"]
     chat = look(chat_sampler, triton, "chat", targets).intervals["r1"]
     assert (embed.requests, embed.errors, embed.inferences) == (7, 0, 9)
