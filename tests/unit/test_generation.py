@@ -74,7 +74,7 @@ def test_pick_token_samples_the_distribution_and_respects_filters() -> None:
 
 def test_a_near_tie_flipped_by_float_noise_does_not_change_the_draw() -> None:
     """Batch neighbours change a row's logits in the last bits; the draw must not care about
-    the order of two nearly equal tokens (the CDF runs in token-id order, not by probability)."""
+    the order of two nearly equal tokens (a probability-ordered inverse CDF would)."""
     logits = np.array([0.0, 5.0, 5.0 + 1e-5, 1.0, 4.0], dtype=np.float32)
     noisy = np.array([0.0, 5.0 + 1e-5, 5.0, 1.0, 4.0], dtype=np.float32)
     for sampling in (pm.Sampling(1.0, top_p=0.9), pm.Sampling(1.0, top_k=3), pm.Sampling(0.7)):
