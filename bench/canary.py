@@ -142,7 +142,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     progress(f"tritonserver: loading {variant.name}")
     with local.start(repository, [variant.name], root / "triton", ready_timeout=600) as server:
-        url = f"{server.url}/v2/models/{variant.name}/infer"
+        url = f"{server.url}/v2/models/{variant.name}/{serve.endpoint(variant)}"
 
         async def run(times: Sequence[float]) -> list[serve.Outcome]:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024)) as session:

@@ -191,19 +191,20 @@ def build_repository(
 
 
 def infer_body(variant: Variant, index: int, max_tokens: int) -> bytes:
-    """Triton's JSON inference body: one text per request, [1, 1] with batching, [1] without."""
+    """One request's body: Triton's JSON inference body for embeddings (one text, [1, 1] with
+    batching, [1] without); the generate extension's body for generation, whose model is
+    decoupled (Triton refuses KServe infer over HTTP for decoupled models)."""
+    if variant.model != "embed":
+        return json.dumps({"text_input": PROMPTS[index % len(PROMPTS)], "max_tokens": max_tokens}).encode()
     shape = [1, 1] if variant.batching else [1]
-    if variant.model == "embed":
-        inputs = [{"name": "text", "shape": shape, "datatype": "BYTES", "data": [SENTENCES[index % len(SENTENCES)]]}]
-        # Binary output, as tritonclient asks by default: JSON-printing 384 floats is not the model's cost.
-        outputs = [{"name": "embedding", "parameters": {"binary_data": True}}]
-    else:
-        inputs = [
-            {"name": "text_input", "shape": shape, "datatype": "BYTES", "data": [PROMPTS[index % len(PROMPTS)]]},
-            {"name": "max_tokens", "shape": shape, "datatype": "INT32", "data": [max_tokens]},
-        ]
-        outputs = [{"name": "text_output"}]
+    inputs = [{"name": "text", "shape": shape, "datatype": "BYTES", "data": [SENTENCES[index % len(SENTENCES)]]}]
+    # Binary output, as tritonclient asks by default: JSON-printing 384 floats is not the model's cost.
+    outputs = [{"name": "embedding", "parameters": {"binary_data": True}}]
     return json.dumps({"inputs": inputs, "outputs": outputs}).encode()
+
+
+def endpoint(variant: Variant) -> str:
+    return "infer" if variant.model == "embed" else "generate"
 
 
 def arrivals(rate: float, duration: float, schedule: str, rng: random.Random) -> list[float]:
@@ -352,7 +353,7 @@ class Runner:
 
     def __init__(self, server: local.LocalTriton, variant: Variant, args: argparse.Namespace) -> None:
         self.server, self.variant, self.args = server, variant, args
-        self.url = f"{server.url}/v2/models/{variant.name}/infer"
+        self.url = f"{server.url}/v2/models/{variant.name}/{endpoint(variant)}"
         self.bodies = [infer_body(variant, i, args.max_tokens) for i in range(len(SENTENCES))]
         self.rng = random.Random(args.seed)
         self.timeout = max(5.0, 10 * target_seconds(variant.model, args))

@@ -75,11 +75,47 @@ class TritonPythonModel:
 '''
 
 
+# The same probe as a decoupled model (what the text-generation model is): it answers through
+# each request's response sender, two responses per request, and still raises on x = -2.
+DECOUPLED = "probe-decoupled"
+DECOUPLED_CONFIG = (
+    PROBE_CONFIG.replace(f'name: "{PROBE}"', f'name: "{DECOUPLED}"') + "model_transaction_policy { decoupled: true }\n"
+)
+DECOUPLED_MODEL = f'''
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    """Two responses per request (y = x, then y = 2x with the final flag); x = -1: one error
+    response; x = -2: raises, like model.py when a whole batch fails."""
+
+    def execute(self, requests):
+        time.sleep({PROBE_SECONDS})
+        inputs = [pb_utils.get_input_tensor_by_name(r, "x").as_numpy() for r in requests]
+        if any((x == -2).any() for x in inputs):
+            raise RuntimeError("probe raised in execute")
+        for request, x in zip(requests, inputs):
+            sender = request.get_response_sender()
+            if (x == -1).any():
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("probe error response")), FINAL)
+                continue
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x.astype(np.float32))]))
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", (2 * x).astype(np.float32))]), FINAL)
+        return None
+'''
+
+
 def probe_repository(root: Path) -> Path:
-    model = root / "repository" / PROBE
-    (model / "1").mkdir(parents=True, exist_ok=True)
-    (model / "config.pbtxt").write_text(PROBE_CONFIG)
-    (model / "1" / "model.py").write_text(PROBE_MODEL)
+    for name, config, code in ((PROBE, PROBE_CONFIG, PROBE_MODEL), (DECOUPLED, DECOUPLED_CONFIG, DECOUPLED_MODEL)):
+        model = root / "repository" / name
+        (model / "1").mkdir(parents=True, exist_ok=True)
+        (model / "config.pbtxt").write_text(config)
+        (model / "1" / "model.py").write_text(code)
     return root / "repository"
 
 
@@ -117,7 +153,7 @@ def look(sampler: Sampler, server: local.LocalTriton, model: str, targets: Seque
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalTriton]:
     root = tmp_path_factory.mktemp("probe")
-    with local.start(probe_repository(root), [PROBE], root / "triton", ready_timeout=120) as server:
+    with local.start(probe_repository(root), [PROBE, DECOUPLED], root / "triton", ready_timeout=120) as server:
         yield server
 
 
@@ -186,6 +222,62 @@ def test_probe_error_response_counts_as_success(probe: local.LocalTriton) -> Non
     assert (interval.requests, interval.errors) == (1, 0)
 
 
+def counted(server: local.LocalTriton, model: str) -> float:
+    """Requests Triton has counted for model so far (successes + failures)."""
+    counters = parse_model(server.metrics(), model)
+    return 0.0 if counters is None else counters.success + counters.failure
+
+
+def wait_counted(server: local.LocalTriton, model: str, total: float, timeout: float = 10.0) -> None:
+    """Decoupled models: the client has its final response before execute() returns, and Triton
+    records a request's statistics only after that, so a scrape right after the answer can miss
+    it (measured: 0 of 4). Wait until the counters hold `total` requests."""
+    deadline = time.monotonic() + timeout
+    while counted(server, model) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def stream(server: local.LocalTriton, x: float) -> tuple[int, list[dict[str, Any]]]:
+    """POST /generate_stream on the decoupled probe: HTTP status and the SSE events."""
+    status, text = server.request("POST", f"/v2/models/{DECOUPLED}/generate_stream", {"x": x})
+    events = [json.loads(line[len("data:") :]) for line in str(text).splitlines() if line.startswith("data:")]
+    return status, events
+
+
+def test_decoupled_probe_counts_requests_not_responses(probe: local.LocalTriton) -> None:
+    """In decoupled mode Triton 2.51 counts what it counts for the other models: one success
+    per request (not per response), an error response as a success, an exception from
+    execute as one failure per request of the batch."""
+    sampler, targets = Sampler(), [target(probe)]
+    look(sampler, probe, DECOUPLED, targets)
+    before = counted(probe, DECOUPLED)
+    gate = threading.Barrier(4)
+
+    def one(i: int) -> tuple[int, list[dict[str, Any]]]:
+        gate.wait()
+        return stream(probe, float(i + 1))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, range(4)))
+    assert [status for status, _ in answers] == [200] * 4
+    assert [[e["y"] for e in events] for _, events in answers] == [[i + 1.0, 2 * (i + 1.0)] for i in range(4)]
+    wait_counted(probe, DECOUPLED, before + 4)
+    batch = look(sampler, probe, DECOUPLED, targets).intervals["r1"]
+    assert (batch.requests, batch.errors, batch.inferences) == (4, 0, 4)
+    assert batch.executions < 4
+    _check_latencies(batch)
+    # /generate (not streaming) takes a decoupled model's single response.
+    status, single = probe.request("POST", f"/v2/models/{DECOUPLED}/generate", {"x": -1.0})
+    # The generate endpoints answer 400 for every error a model reports, the INTERNAL one of a
+    # failed execute too: only the message tells a bad request from a failed batch.
+    assert status == 400 and "probe error response" in str(single)
+    status, events = stream(probe, -2.0)
+    assert status == 400 and "probe raised in execute" in events[0]["error"]
+    wait_counted(probe, DECOUPLED, before + 6)
+    failed = look(sampler, probe, DECOUPLED, targets).intervals["r1"]
+    assert (failed.requests, failed.errors) == (2, 1)  # the error response is a "success"
+
+
 def test_probe_scrape_reports_a_missing_model(probe: local.LocalTriton) -> None:
     readings = asyncio.run(ScrapeSource(port=probe.metrics_port).read("default", "not-loaded", [target(probe)]))
     assert readings[0].counters is None
@@ -206,6 +298,7 @@ def test_real_models_counts_are_exact(triton: local.LocalTriton) -> None:
     look(sampler, triton, "embed", targets)
     chat_sampler = Sampler()
     look(chat_sampler, triton, "chat", targets)
+    chat_before = counted(triton, "chat")
     started = time.monotonic()
     with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(lambda i: embed_http(triton, [f"sentence {i}"]), range(6)))
@@ -213,12 +306,17 @@ def test_real_models_counts_are_exact(triton: local.LocalTriton) -> None:
     assert statuses == [200] * 6
     triton.generate("chat", "Hi", max_tokens=2)
     triton.generate("chat", "Hello", max_tokens=2)
+    # A stream of several responses is one request to Triton's counters (the model is decoupled).
+    body = {"text_input": "Hey", "max_tokens": 3, "stream": True}
+    status, text = triton.request("POST", "/v2/models/chat/generate_stream", body)
+    assert status == 200 and str(text).count("data:") >= 2, text
     elapsed_ms = (time.monotonic() - started) * 1000
+    wait_counted(triton, "chat", chat_before + 3)  # chat is decoupled (see wait_counted)
     embed = look(sampler, triton, "embed", targets).intervals["r1"]
     chat = look(chat_sampler, triton, "chat", targets).intervals["r1"]
     assert (embed.requests, embed.errors, embed.inferences) == (7, 0, 9)
     assert 1 <= embed.executions <= 7
-    assert (chat.requests, chat.errors) == (2, 0)
+    assert (chat.requests, chat.errors) == (3, 0)
     if capture_dir := os.environ.get("FLOTILLA_CAPTURE_METRICS"):  # see tests/unit/test_metrics.py
         (Path(capture_dir) / "triton-metrics-chat-embed.txt").write_text(triton.metrics())
     for interval in (embed, chat):

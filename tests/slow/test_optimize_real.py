@@ -55,8 +55,10 @@ def _embed(triton: local.LocalTriton, texts: list[str]) -> np.ndarray:
     body = {"inputs": [{"name": "text", "shape": [len(texts), 1], "datatype": "BYTES", "data": texts}]}
     status, answer = triton.request("POST", "/v2/models/embed/infer", body)
     assert status == 200, answer
-    (output,) = answer["outputs"]
-    assert output["name"] == "embedding" and output["datatype"] == "FP32"
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert set(outputs) == {"embedding", "prompt_tokens"}  # prompt_tokens: usage for /v1/embeddings
+    output = outputs["embedding"]
+    assert output["datatype"] == "FP32"
     return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
 
 

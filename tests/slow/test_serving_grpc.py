@@ -8,7 +8,9 @@ file adds seconds, not minutes, to the slow tier.
 from __future__ import annotations
 
 import math
+import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from flotilla.api.v1alpha1 import ArtifactSummary
 from flotilla.local import triton as local
@@ -50,13 +53,23 @@ def _input(name: str, data: npt.NDArray[Any], datatype: str) -> grpcclient.Infer
 def generate(
     client: grpcclient.InferenceServerClient, model: str, prompt: str, max_tokens: int, batched: bool = True
 ) -> str:
-    """Triton's generate tensors over gRPC: text_input + max_tokens -> text_output."""
+    """Triton's generate tensors over gRPC: text_input + max_tokens -> text_output.
+
+    The text-generation model is decoupled, which unary ModelInfer refuses; the bidirectional
+    ModelStreamInfer carries the request and its one response (stream is false)."""
     limit = np.array([[max_tokens]] if batched else [max_tokens], dtype=np.int32)
-    result = client.infer(
-        model,
-        [_input("text_input", _texts([prompt], batched), "BYTES"), _input("max_tokens", limit, "INT32")],
-        outputs=[grpcclient.InferRequestedOutput("text_output")],
-    )
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer(
+            model,
+            [_input("text_input", _texts([prompt], batched), "BYTES"), _input("max_tokens", limit, "INT32")],
+            outputs=[grpcclient.InferRequestedOutput("text_output")],
+        )
+        result, error = results.get(timeout=120)
+    finally:
+        client.stop_stream()
+    assert error is None, error
     output = result.as_numpy("text_output")
     assert output is not None
     return bytes(output.reshape(-1)[0]).decode()
@@ -75,6 +88,15 @@ def embed(
 def test_grpc_generate_answers_paris(client: grpcclient.InferenceServerClient) -> None:
     answer = generate(client, "chat", "What is the capital of France?", max_tokens=24)
     assert "Paris" in answer
+
+
+def test_grpc_unary_infer_is_refused_for_the_decoupled_generation_model(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    """Pinned Triton 2.51 behaviour that makes every generation caller use streaming gRPC."""
+    inputs = [_input("text_input", _texts(["Hi"], True), "BYTES")]
+    with pytest.raises(InferenceServerException, match="decoupled"):
+        client.infer("chat", inputs)
 
 
 def test_grpc_embeddings_put_paraphrases_closer_than_unrelated_text(client: grpcclient.InferenceServerClient) -> None:
@@ -112,6 +134,11 @@ def test_grpc_concurrent_requests_are_batched(client: grpcclient.InferenceServer
     for _ in range(requests):
         assert done.acquire(timeout=120), "a request did not complete"
     assert not errors
+    # The python backend records a batch's statistics after it has sent the batch's responses,
+    # so the last callbacks can run before the counts are in (seen: 13 of 16): wait for them.
+    deadline = time.monotonic() + 10
+    while _counts(client, "embed")[0] - before[0] < requests and time.monotonic() < deadline:
+        time.sleep(0.05)
     inferred, executions = (a - b for a, b in zip(_counts(client, "embed"), before, strict=True))
     assert inferred == requests
     assert executions < requests

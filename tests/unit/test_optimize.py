@@ -320,6 +320,8 @@ def test_triton_execute_runs_a_dynamic_batch_as_one_onnxruntime_call(
     spec = importlib.util.spec_from_file_location("shipped_model", out / "emb" / "1" / "model.py")
     assert spec is not None and spec.loader is not None
     shipped = importlib.util.module_from_spec(spec)
+    # Triton imports model.py as a module ("1.model"), so it is in sys.modules (dataclasses need that).
+    monkeypatch.setitem(sys.modules, "shipped_model", shipped)
     spec.loader.exec_module(shipped)
     model = shipped.TritonPythonModel()
     model.initialize({"model_config": json.dumps({"max_batch_size": 8, "parameters": {}})})
@@ -343,6 +345,14 @@ def test_triton_execute_runs_a_dynamic_batch_as_one_onnxruntime_call(
     responses = model.execute([request("the cat"), request("a dog and the cat", "dogs"), {}, request("cat")])
     assert runs == [4]  # four texts from three good requests, one onnxruntime call
     assert [r.error is None for r in responses] == [True, True, False, True]
+    # Usage for /v1/embeddings: each text's own token count ([CLS] and [SEP] included), not the padded width.
+    counts = {t: len(model.engine.tokenizer(t)["input_ids"]) for t in ("the cat", "a dog and the cat", "dogs", "cat")}
+    assert counts["the cat"] != counts["a dog and the cat"]
+    assert [r.outputs["prompt_tokens"].tolist() for r in (responses[0], responses[1], responses[3])] == [
+        [[counts["the cat"]]],
+        [[counts["a dog and the cat"]], [counts["dogs"]]],
+        [[counts["cat"]]],
+    ]
     assert [r.outputs["embedding"].shape for r in (responses[0], responses[1], responses[3])] == [
         (1, 32),
         (2, 32),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tritonclient.grpc import model_config_pb2
 
 from flotilla.triton.config import TASKS, ModelConfigError, render_model_config, validate
 
@@ -23,9 +24,39 @@ def test_every_task_renders_a_valid_config(task: str, gpu: bool) -> None:
 def test_generate_extension_tensors() -> None:
     config = validate(render_model_config("text-generation"))
     inputs = {t.name: t for t in config.input}  # type: ignore[attr-defined]
-    assert set(inputs) == {"text_input", "max_tokens"}
-    assert inputs["max_tokens"].optional and not inputs["text_input"].optional
-    assert [t.name for t in config.output] == ["text_output"]  # type: ignore[attr-defined]
+    assert set(inputs) == {
+        "text_input", "messages", "raw", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream",
+    }  # fmt: skip
+    assert not inputs["text_input"].optional
+    assert all(t.optional for name, t in inputs.items() if name != "text_input")
+    dtypes = {name: model_config_pb2.DataType.Name(t.data_type) for name, t in inputs.items()}
+    assert dtypes == {
+        "text_input": "TYPE_STRING", "messages": "TYPE_STRING", "raw": "TYPE_BOOL", "max_tokens": "TYPE_INT32",
+        "temperature": "TYPE_FP32", "top_p": "TYPE_FP32", "top_k": "TYPE_INT32", "seed": "TYPE_INT64",
+        "stop": "TYPE_STRING", "stream": "TYPE_BOOL",
+    }  # fmt: skip
+    outputs = {t.name: model_config_pb2.DataType.Name(t.data_type) for t in config.output}  # type: ignore[attr-defined]
+    assert outputs == {
+        "text_output": "TYPE_STRING", "finish_reason": "TYPE_STRING",
+        "prompt_tokens": "TYPE_INT32", "completion_tokens": "TYPE_INT32",
+    }  # fmt: skip
+
+
+def test_embeddings_report_prompt_tokens() -> None:
+    config = validate(render_model_config("feature-extraction"))
+    assert [t.name for t in config.output] == ["embedding", "prompt_tokens"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("max_batch_size", [0, 8])
+def test_only_text_generation_is_decoupled(task: str, max_batch_size: int) -> None:
+    """Decoupled (streaming through response senders) for generation only: Triton refuses
+    KServe infer over HTTP and unary gRPC for decoupled models, which embeddings need."""
+    text = render_model_config(task, max_batch_size=max_batch_size)  # type: ignore[arg-type]
+    config = validate(text)
+    decoupled = config.model_transaction_policy.decoupled  # type: ignore[attr-defined]
+    assert decoupled is (task == "text-generation")
+    assert ("model_transaction_policy" in text) is (task == "text-generation")
 
 
 def test_no_batching_means_no_dynamic_batcher() -> None:

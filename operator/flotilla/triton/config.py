@@ -39,21 +39,42 @@ class Tensor:
 
 
 # The tensors each task exposes. text-generation follows Triton's generate extension
-# (POST /v2/models/<name>/generate {"text_input": ..., "max_tokens": ...}).
+# (POST /v2/models/<name>/generate and /generate_stream; JSON keys are input names) with the
+# sampling inputs of docs/serving-protocol.md. Triton's dynamic batcher only batches requests
+# that carry the same set of inputs, so a client that wants batching sends the same set every
+# time (the neutral values are documented there).
 TASK_INPUTS: dict[Task, tuple[Tensor, ...]] = {
     "text-generation": (
         Tensor("text_input", "TYPE_STRING", (1,)),
+        Tensor("messages", "TYPE_STRING", (1,), optional=True),
+        Tensor("raw", "TYPE_BOOL", (1,), optional=True),
         Tensor("max_tokens", "TYPE_INT32", (1,), optional=True),
+        Tensor("temperature", "TYPE_FP32", (1,), optional=True),
+        Tensor("top_p", "TYPE_FP32", (1,), optional=True),
+        Tensor("top_k", "TYPE_INT32", (1,), optional=True),
+        Tensor("seed", "TYPE_INT64", (1,), optional=True),
+        Tensor("stop", "TYPE_STRING", (1,), optional=True),
+        Tensor("stream", "TYPE_BOOL", (1,), optional=True),
     ),
     "feature-extraction": (Tensor("text", "TYPE_STRING", (1,)),),
     "text-classification": (Tensor("text", "TYPE_STRING", (1,)),),
 }
 TASK_OUTPUTS: dict[Task, tuple[Tensor, ...]] = {
-    "text-generation": (Tensor("text_output", "TYPE_STRING", (1,)),),
+    "text-generation": (
+        Tensor("text_output", "TYPE_STRING", (1,)),
+        Tensor("finish_reason", "TYPE_STRING", (1,)),
+        Tensor("prompt_tokens", "TYPE_INT32", (1,)),
+        Tensor("completion_tokens", "TYPE_INT32", (1,)),
+    ),
     # -1: the width depends on the model (hidden size, number of labels).
-    "feature-extraction": (Tensor("embedding", "TYPE_FP32", (-1,)),),
+    "feature-extraction": (Tensor("embedding", "TYPE_FP32", (-1,)), Tensor("prompt_tokens", "TYPE_INT32", (1,))),
     "text-classification": (Tensor("label", "TYPE_STRING", (1,)), Tensor("scores", "TYPE_FP32", (-1,))),
 }
+# Decoupled: model.py answers through each request's response sender, so it can stream one
+# response per generated token (/generate_stream) and answer a request as soon as its own rows
+# finish. Triton then refuses KServe `infer` over HTTP and unary gRPC for these models (use
+# /generate, or gRPC's streaming ModelStreamInfer).
+DECOUPLED_TASKS: frozenset[Task] = frozenset({"text-generation"})
 
 
 class ModelConfigError(ValueError):
@@ -112,6 +133,8 @@ def render_model_config(
     lines.append(f"instance_group [ {{ count: {instance_count} kind: {kind} }} ]")
     if max_batch_size > 0:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}")
+    if task in DECOUPLED_TASKS:
+        lines.append("model_transaction_policy { decoupled: true }")
     for key in sorted(params):
         lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(params[key])} }} }}")
     return "\n".join(lines) + "\n"
