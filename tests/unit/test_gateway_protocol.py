@@ -181,9 +181,10 @@ def test_chat_generate_body_sends_messages_as_json_and_the_sampling_contract() -
         ),
         LIMIT,
     )
-    sent = json.loads(p.generate_body(req, 32, messages=req.messages, text=""))
+    sent = json.loads(p.generate_body(req, 32, messages=req.messages, text="", fallback_seed=99))
     assert sent == {
         "text_input": "",
+        "raw": False,
         "messages": json.dumps([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]),
         "max_tokens": 32,
         "temperature": 0,
@@ -195,10 +196,28 @@ def test_chat_generate_body_sends_messages_as_json_and_the_sampling_contract() -
     }
 
 
-def test_completion_generate_body_is_raw_and_omits_unset_sampling() -> None:
+def test_completion_generate_body_is_raw_and_sends_neutral_values_for_unset_sampling() -> None:
+    """Every body carries the same keys (Triton batches only requests with the same set of
+    inputs): unset sampling goes as the contract's neutral values, a missing seed as the
+    caller's random one."""
     req = p.parse_completion(body(model="m", prompt=["Once"], max_tokens=5), LIMIT)
-    sent = json.loads(p.generate_body(req, req.requested_max_tokens() or 0, messages=None, text=p.prompt_text(req)))
-    assert sent == {"text_input": "Once", "max_tokens": 5, "raw": True}
+    text = p.prompt_text(req)
+    sent = json.loads(p.generate_body(req, req.requested_max_tokens() or 0, messages=None, text=text, fallback_seed=42))
+    assert sent == {
+        "text_input": "Once",
+        "messages": "",
+        "raw": True,
+        "max_tokens": 5,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "seed": 42,
+        "stop": "",
+        "stream": False,
+    }
+    chat_req = p.parse_chat(chat(), LIMIT)
+    chat_body = json.loads(p.generate_body(chat_req, 8, messages=chat_req.messages, text="", fallback_seed=1))
+    assert sorted(chat_body) == sorted(sent)
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:

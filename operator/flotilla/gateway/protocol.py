@@ -267,24 +267,31 @@ def model_id(namespace: str, name: str, default_namespace: str) -> str:
 # ---------------------------------------------------------------- Triton's generate extension
 
 
-def generate_body(req: _Sampling, max_tokens: int, *, messages: Sequence[ChatMessage] | None, text: str) -> bytes:
+def generate_body(
+    req: _Sampling, max_tokens: int, *, messages: Sequence[ChatMessage] | None, text: str, fallback_seed: int
+) -> bytes:
     """The JSON body of POST /v2/models/<name>/generate[_stream] (the serving contract):
     chat sends `messages` (a JSON string; the model applies its own chat template) and an
-    empty text_input; completions send the prompt with `raw: true` (no template)."""
-    body: dict[str, Any] = {"text_input": "" if messages is not None else text, "max_tokens": max_tokens}
-    if messages is not None:
-        body["messages"] = json.dumps([{"role": m.role, "content": m.text()} for m in messages])
-    else:
-        body["raw"] = True
-    for name in ("temperature", "top_p", "top_k", "seed"):
-        value = getattr(req, name)
-        if value is not None:
-            body[name] = value
-    stops = req.stop_list()
-    if stops:
-        body["stop"] = json.dumps(stops)
-    if req.stream:
-        body["stream"] = True
+    empty text_input; completions send the prompt with `raw: true` (no template).
+
+    Every key is always sent, with the contract's neutral values for what the request does not
+    use: Triton's dynamic batcher only batches requests that carry the same set of inputs
+    (docs/serving-protocol.md). For the same reason a request without a seed is sent
+    `fallback_seed` (the caller draws it at random: as nondeterministic as none, and batchable
+    with seeded requests)."""
+    drawn = req.seed if req.seed is not None else fallback_seed
+    body: dict[str, Any] = {
+        "text_input": "" if messages is not None else text,
+        "messages": "" if messages is None else json.dumps([{"role": m.role, "content": m.text()} for m in messages]),
+        "raw": messages is None,
+        "max_tokens": max_tokens,
+        "temperature": 0.0 if req.temperature is None else req.temperature,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "top_k": 0 if req.top_k is None else req.top_k,
+        "seed": drawn,
+        "stop": json.dumps(req.stop_list()) if req.stop_list() else "",
+        "stream": bool(req.stream),
+    }
     return dumps(body)
 
 

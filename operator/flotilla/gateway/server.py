@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import sys
 import time
 import uuid
@@ -32,6 +33,11 @@ from .upstream import RetryableError, Stream, Upstream
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Api = Literal["chat", "completions", "embeddings", "models"]
+
+
+def _seed() -> int:
+    """A request without a seed still sends one (see protocol.generate_body): fresh entropy."""
+    return secrets.randbits(63)
 
 
 @dataclass
@@ -222,7 +228,7 @@ class Gateway:
         grant = self.keys.authenticate(request.headers.get("Authorization"))
         req = p.parse_chat(await self._body(request), self.settings.max_tokens_limit)
         route, shown = self._generation_route(req.model, grant, call)
-        body = p.generate_body(req, self._max_tokens(req), messages=req.messages, text="")
+        body = p.generate_body(req, self._max_tokens(req), messages=req.messages, text="", fallback_seed=_seed())
         with self._admit(grant):
             return await self._generate(request, call, route, shown, body, req, chat=True)
 
@@ -230,7 +236,9 @@ class Gateway:
         grant = self.keys.authenticate(request.headers.get("Authorization"))
         req = p.parse_completion(await self._body(request), self.settings.max_tokens_limit)
         route, shown = self._generation_route(req.model, grant, call)
-        body = p.generate_body(req, self._max_tokens(req), messages=None, text=p.prompt_text(req))
+        body = p.generate_body(
+            req, self._max_tokens(req), messages=None, text=p.prompt_text(req), fallback_seed=_seed()
+        )
         with self._admit(grant):
             return await self._generate(request, call, route, shown, body, req, chat=False)
 
