@@ -232,9 +232,9 @@ def test_generated_and_triton_errors() -> None:
     assert got == p.Generated("Paris", "stop", 5, 2)
     assert p.parse_generated({"text_output": "a", "finish_reason": ""}).finish_reason is None
     with pytest.raises(p.GatewayError) as exc:
-        p.parse_generated({"error": "top_k must be >= 0"})
+        p.parse_generated({"error": "invalid parameter 'top_k': must be >= 0, got -1"})
     status, _, err = error_of(exc)
-    assert status == 400 and "top_k" in err["message"]
+    assert status == 400 and "top_k" in err["message"] and err["param"] == "top_k"
 
 
 def test_infer_bodies_batch_up_to_max_batch_size() -> None:
@@ -321,3 +321,15 @@ def test_sse_decoder_across_chunk_boundaries() -> None:
         dec = p.SseDecoder()
         out = [payload for i in range(0, len(stream), size) for payload in dec.feed(stream[i : i + size])]
         assert out == [b'{"a": 1}', b'{"b":\xc3\xa9 2}', b"[DONE]"], size
+
+
+def test_triton_400s_are_told_apart_by_their_message() -> None:
+    """Triton answers 400 for a bad parameter and for a failed batch alike."""
+    bad = p.upstream_refusal("invalid parameter 'top_p': must be in (0, 1], got 0.0")
+    assert p.render(bad)[0] == 400 and bad.param == "top_p"
+    assert p.render(p.upstream_refusal("bad request: text_input is required"))[0] == 400
+    broken = p.upstream_refusal("inference failed: onnxruntime error")
+    assert p.render(broken)[0] == 502
+    with pytest.raises(p.GatewayError) as exc:
+        p.parse_generated({"error": "inference failed: boom"})
+    assert exc.value.kind == "upstream_error"

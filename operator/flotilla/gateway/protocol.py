@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -308,7 +309,7 @@ class Generated:
 def parse_generated(payload: Mapping[str, Any]) -> Generated:
     """Triton's generate JSON; `{"error": ...}` is the model's own refusal (a 400)."""
     if "error" in payload:
-        raise GatewayError("upstream_bad_request", str(payload["error"]))
+        raise upstream_refusal(str(payload["error"]))
     text = payload.get("text_output", "")
     if isinstance(text, list):  # batched tensors come back as a one-element list
         text = text[0] if text else ""
@@ -330,6 +331,22 @@ def _scalar(value: Any) -> Any:
 def _int_or_none(value: Any) -> int | None:
     value = _scalar(value)
     return int(value) if isinstance(value, int | float) else None
+
+
+_PARAM = re.compile(r"invalid parameter '([A-Za-z_]+)'")
+
+
+def upstream_refusal(message: str) -> GatewayError:
+    """Triton 2.51 answers 400 on the generate endpoints for every error, the client's and the
+    model's alike; only the message tells them apart. The serving contract names the bad
+    parameter ("invalid parameter 'top_p': ..."): a 400 naming it. Anything else (a failed
+    batch, "inference failed: ...") is the pod's fault: 502."""
+    found = _PARAM.search(message)
+    if found:
+        return GatewayError("upstream_bad_request", message, param=found.group(1))
+    if "bad request" in message or "ParameterError" in message:
+        return GatewayError("upstream_bad_request", message)
+    return GatewayError("upstream_error", message)
 
 
 def upstream_error_message(status: int, body: bytes) -> str:

@@ -67,7 +67,7 @@ class FakeTriton:
         if self.keep_bodies:
             self.bodies.append({"model": request.match_info["model"], **body})
         if self.status == 400:
-            return web.json_response({"error": "bad parameter: top_k"}, status=400)
+            return web.json_response({"error": "invalid parameter 'top_k': must be >= 0, got -1"}, status=400)
         if self.status != 200:
             return web.json_response({"error": "unavailable"}, status=self.status)
         return body
@@ -107,7 +107,7 @@ class FakeTriton:
         try:
             for i, piece in enumerate(pieces):
                 if i == self.stream_error_after:
-                    await response.write(b'data: {"error": "top_k must be >= 0"}\n\n')
+                    await response.write(b'data: {"error": "invalid parameter \'top_k\': must be >= 0, got -1"}\n\n')
                     break
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)

@@ -24,6 +24,7 @@ from .protocol import (
     parse_generated,
     parse_infer,
     upstream_error_message,
+    upstream_refusal,
 )
 from .routing import Endpoint
 from .settings import GatewaySettings
@@ -100,7 +101,7 @@ class Upstream:
         if resp.status == 503:
             raise RetryableError(f"{endpoint.address} answered 503")
         if resp.status == 400:
-            raise GatewayError("upstream_bad_request", upstream_error_message(resp.status, data))
+            raise upstream_refusal(upstream_error_message(resp.status, data))
         raise GatewayError("upstream_error", upstream_error_message(resp.status, data))
 
     async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
