@@ -1,7 +1,8 @@
 """The whole path on this machine: kubectl apply -> the real optimizer Job on SmolLM2-135M ->
 the real tritonserver serving it on the process node -> answers through the Service's
-endpoints. Then, under open-loop load, a harmless serving change is promoted through the
-canary and a latency regression is rolled back, with no failed request; the autoscaler adds a
+endpoints, and through the OpenAI-compatible gateway with the openai client. Then, under
+open-loop load, a harmless serving change is promoted through the canary and a latency
+regression is rolled back, with no failed request; the autoscaler adds a
 replica when the load steps past one replica's capacity and removes it after the delay; an
 unreachable budget leaves the stable revision serving; deleting the model stops its processes.
 
@@ -154,6 +155,46 @@ def test_artifact_accuracy_is_within_the_budget(stack: Stack) -> None:
     # The optimizer really ran as a pod of this node: its log is where the node put it.
     logs = list((stack.node.state_dir / "logs").glob(f"{stack.namespace}_{MODEL}-opt-*_optimizer.log"))
     assert logs and "evaluate" in logs[0].read_text()
+
+
+def test_the_gateway_answers_the_openai_client(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`flotilla gateway` watching the real API server, in front of the real tritonserver on the
+    process node, called with the official openai client: chat, streaming, /v1/models."""
+    import openai
+
+    from flotilla.gateway.testing import GatewayProcess
+
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    gateway = GatewayProcess(stack.cluster.kubeconfig, log, {"FLOTILLA_GATEWAY_NAMESPACES": stack.namespace})
+    gateway.start().wait_ready(timeout=60)
+    try:
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == [MODEL]
+        chat = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=24, temperature=0
+        )
+        assert "paris" in (chat.choices[0].message.content or "").lower(), chat
+        assert chat.usage is not None and chat.usage.completion_tokens > 0
+        arrivals: list[float] = []
+        started = time.monotonic()
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Write one sentence about the sea."}],
+            max_tokens=32,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        pieces = []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - started)
+                pieces.append(chunk.choices[0].delta.content)
+        print(f"gateway stream: {len(pieces)} chunks, first after {arrivals[0]:.2f}s, last {arrivals[-1]:.2f}s")
+        assert len(pieces) >= 3 and arrivals[0] < arrivals[-1]
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        gateway.stop()
 
 
 class OpenLoad(threading.Thread):

@@ -2,9 +2,8 @@
 "chat", MiniLM as "embed"), driven with the official `openai` client. No cluster: the route
 table is fed directly with the server's address, as the watches would.
 
-A skeleton until the serving side's generate contract lands (messages, raw, sampling fields,
-finish_reason, token counts): while the served chat model has no `finish_reason` output (or
-the embedding model no `prompt_tokens`), the tests skip with that reason instead of failing.
+The served models must carry the serving contract (docs/serving-protocol.md: finish_reason and
+token counts); a model without them fails here, it is not skipped.
 """
 
 from __future__ import annotations
@@ -35,10 +34,8 @@ def outputs(triton: local.LocalTriton, model: str) -> set[str]:
 
 
 def needs_contract(triton: local.LocalTriton) -> None:
-    if "finish_reason" not in outputs(triton, "chat"):
-        pytest.skip("the served chat model has no finish_reason output yet (serving-side contract not landed)")
-    if "prompt_tokens" not in outputs(triton, "embed"):
-        pytest.skip("the served embedding model has no prompt_tokens output yet (serving-side contract not landed)")
+    assert "finish_reason" in outputs(triton, "chat"), "the served chat model lacks the finish_reason output"
+    assert "prompt_tokens" in outputs(triton, "embed"), "the served embedding model lacks the prompt_tokens output"
 
 
 @pytest.fixture(scope="module")
