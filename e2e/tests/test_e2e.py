@@ -348,8 +348,7 @@ def test_a_harmless_change_is_promoted_under_load(stack: Stack) -> None:
 UNVERIFIED = pytest.mark.xfail(reason="not yet watched passing on this machine", strict=False)
 
 
-@UNVERIFIED
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(2400)  # measured: rolled back 258 s after the change (2026-12-01)
 def test_a_latency_regression_is_rolled_back_under_load(stack: Stack) -> None:
     stable = stack.status()["revisions"]["stable"]
     stable_uid = stack.get("deployment", f"{MODEL}-{stable[:8]}")["metadata"]["uid"]
@@ -382,15 +381,17 @@ def test_a_latency_regression_is_rolled_back_under_load(stack: Stack) -> None:
 def test_autoscaling_holds_the_objective_on_the_real_server(stack: Stack) -> None:
     """One core per replica (cpu request 1 -> one onnxruntime thread), so a second replica on
     this 2-core machine really adds capacity. Load steps past one replica's capacity, then drops."""
-    # Back to the stable spec first (the rolled-back change stays refused otherwise).
-    stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel({"serving": {"maxBatchSize": 8}}))
-    wait_for(lambda: not stack.status()["revisions"].get("canary"), timeout=60, what="no canary")
+    # A known serving spec first, whatever ran before (the stable one after the tests above;
+    # after a rollout straight to it when this test runs alone: steps [100], nothing to judge).
+    serving = {"serving": {"maxBatchSize": 8}, "rollout": {"canary": {"steps": [100]}}}
+    stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel(serving))
+    wait_for(lambda: not stack.status()["revisions"].get("canary"), timeout=600, what="no canary")
+    wait_condition(stack, "Ready", "True", timeout=600)
     rate, mean = _capacity(stack, clients=1)  # one replica, no batching help: its service rate
     threshold_ms = int(max(4 * mean * 1000, 200))
     auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 2, "scaleDownDelaySeconds": 30,
             "latencyObjective": {"percentile": 95, "thresholdMs": threshold_ms}}  # fmt: skip
-    stack.kubectl("apply", "-n", stack.namespace, "-f", "-",
-                  input=smallmodel({"serving": {"maxBatchSize": 8}, "autoscaling": auto}))  # fmt: skip
+    stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel({**serving, "autoscaling": auto}))
     stable = stack.status()["revisions"]["stable"]
     deployment = f"{MODEL}-{stable[:8]}"
 
