@@ -342,10 +342,13 @@ def test_a_harmless_change_is_promoted_under_load(stack: Stack) -> None:
     assert stack.condition("Ready")["status"] == "True"
 
 
-# Written and run only up to its setup in the session that added it (it ran out of time on a
-# machine loaded by a cold build): the outcome is reported in CI's summary (XPASS / XFAIL) without
-# blocking until a session has watched it pass; then the mark goes. See the closing note.
-UNVERIFIED = pytest.mark.xfail(reason="not yet watched passing on this machine", strict=False)
+# The autoscaling test has not been watched passing: on 2026-12-01 it ran on the real server
+# and the model was already at 2 replicas when the objective was first met at 0.3x one
+# replica's capacity (before the load step). Its outcome shows in CI's summary (XPASS / XFAIL)
+# without blocking until a session has found why and watched it pass; then the mark goes.
+UNVERIFIED = pytest.mark.xfail(
+    reason="not yet watched passing on this machine (2026-12-01: 2 replicas before the load step)", strict=False
+)
 
 
 @pytest.mark.timeout(2400)  # measured: rolled back 258 s after the change (2026-12-01)
@@ -404,7 +407,8 @@ def test_autoscaling_holds_the_objective_on_the_real_server(stack: Stack) -> Non
     started = time.monotonic()
     try:
         wait_condition(stack, "LatencyObjectiveMet", "True", timeout=120)
-        assert replicas() == 1
+        # Seen failing on 2026-12-01: 2 replicas already at 0.3x one replica's capacity.
+        assert replicas() == 1, (stack.status().get("scaling"), stack.status().get("latency"), rate, mean)
         stepped = time.monotonic()
         load.set_rate(2.0 * rate)  # twice one replica's serial capacity
         while time.monotonic() - stepped < 240:
