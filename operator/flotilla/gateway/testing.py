@@ -131,7 +131,7 @@ class FakeTriton:
         texts = body["inputs"][0]["data"]
         shape = body["inputs"][0]["shape"]
         rows = [[float(len(t)) + k for k in range(self.width)] for t in texts]
-        return web.json_response(
+        response = web.json_response(
             {
                 "model_name": request.match_info["model"],
                 "outputs": [
@@ -145,6 +145,9 @@ class FakeTriton:
                 ],
             }
         )
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()  # as Triton does for a client that accepts it
+        return response
 
     # ------------------------------------------------------------ running
 

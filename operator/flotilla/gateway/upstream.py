@@ -61,8 +61,14 @@ class Upstream:
                 sock_connect=self.settings.connect_timeout_seconds,
                 sock_read=self.settings.read_timeout_seconds,
             )
+            # No Accept-Encoding: aiohttp would send "gzip, deflate" by default and Triton then
+            # compresses infer answers, which auto_decompress=False leaves unreadable (seen on the
+            # real server: embeddings failed as "not JSON"). Pods are a LAN hop away: identity.
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+                connector=connector,
+                timeout=timeout,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
 
