@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -230,25 +229,8 @@ def ask(demo: Demo) -> None:
 # --- the gateway --------------------------------------------------------------------------
 
 
-def _gateway_pid(demo: Demo) -> int | None:
-    try:
-        pid = int((demo.state_dir / "gateway.pid").read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
-
-
 def stop_gateway(demo: Demo) -> int | None:
-    pid = _gateway_pid(demo)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if _gateway_pid(demo) is None:
-                break
-            time.sleep(0.1)
-    (demo.state_dir / "gateway.pid").unlink(missing_ok=True)
-    return pid
+    return OperatorProcess.stop_detached(demo.state_dir / "gateway.pid")  # any process by its pid file
 
 
 def gateway(demo: Demo) -> None:
