@@ -287,7 +287,7 @@ class Pod:
         return PodCounters(
             success=float(self.success), request_us=self.request_us, queue_us=self.queue_us,
             compute_infer_us=self.compute_us, inferences=float(self.inferences),
-            executions=float(self.executions), quantiles=quantiles,
+            executions=float(self.executions), quantiles=quantiles, pending=float(len(self.queue)),
         )  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -211,6 +212,29 @@ def test_observation_from_interval() -> None:
     assert o.stale_reason is not None and "p3: refused" in o.stale_reason
     missing = observation_from_interval(None, OBJ, ready=3, starting=0, current=3)
     assert missing.rate_rps is None and missing.stale_reason
+
+
+def test_counted_arrivals_size_for_the_demand_not_the_completions() -> None:
+    """Two saturated pods (6 ms per request each: ~330/s together) complete at capacity; the
+    pending gauge shows three times that arriving."""
+    base = obs(330.0, ready=2, current=2, observed=900.0, queue=400.0)
+    blind, _, _ = run(base)
+    counted, reason, _ = run(replace(base, arrival_rps=1000.0, pending=3000))
+    light, _, _ = run(replace(base, arrival_rps=1000.0, pending=0))
+    assert blind == 3  # completions and queue times only: the surge guess (x1.5)
+    assert counted == light == 6  # the demand, counted; capped by the bounded step (max(x2, +4))
+    assert "backlog" in reason
+    # Fewer arriving than completing (the queue draining): never below the completions.
+    assert run(replace(base, arrival_rps=40.0, pending=0))[0] == run(replace(base, arrival_rps=330.0, pending=0))[0]
+
+
+def test_observation_carries_the_pending_gauge() -> None:
+    interval = Interval(
+        revision="r1", seconds=10.0, requests=400, errors=0, request_us=0.0, queue_us=0.0, compute_us=0.0,
+        executions=100, inferences=400, pods=2, pending=30, pending_change=100,
+    )  # fmt: skip
+    o = observation_from_interval(interval, OBJ, ready=2, starting=0, current=2)
+    assert (o.pending, o.arrival_rps, o.rate_rps) == (30, pytest.approx(50.0), pytest.approx(40.0))
 
 
 def test_bounds_are_respected() -> None:

@@ -67,7 +67,7 @@ def test_parse_batch_accounting_is_per_request() -> None:
 
 
 def test_parse_idle_and_expired_summaries_have_no_quantiles() -> None:
-    assert PodCounters() == IDLE  # all zero, quantiles NaN -> left out
+    assert PodCounters(pending=0.0) == IDLE  # all zero, quantiles NaN -> left out, nothing waiting
     expired, still = probe_counters("probe-62s"), probe_counters("probe-45s")
     assert expired.quantiles == {} and expired.success == 7  # counters stay, the window moved on
     assert still.quantiles == PROBE.quantiles  # 45 s later: still inside the 60 s window
@@ -254,6 +254,45 @@ def test_sampler_state_is_plain_data_and_a_new_one_starts_over() -> None:
     restarted = Sampler(min_seconds=5.0)  # an operator restart: nothing carried over
     window = restarted.observe([reading("a", counters(9))], at=100.0)
     assert window is not None and window.intervals == {}
+
+
+def test_pending_gauge_is_read_and_is_no_counter() -> None:
+    assert IDLE.pending == 0.0 and PROBE.pending is not None  # the real server exports it
+    text = captured("probe").replace(
+        'nv_inference_pending_request_count{model="probe",version="1"} 0',
+        'nv_inference_pending_request_count{model="probe",version="1"} 4',
+    )
+    waiting = parse_model(text, "probe")
+    assert waiting is not None and waiting.pending == 4.0
+    # A gauge going down is no restart: the counters decide.
+    assert delta(waiting, PROBE) == replace(delta(PROBE, PROBE), pending=PROBE.pending, pending_change=-4.0)
+
+
+def test_arrival_rate_is_completions_plus_the_growth_of_the_queue() -> None:
+    sampler = Sampler()
+    sampler.observe([reading("a", replace(counters(100), pending=2.0)),
+                     reading("b", replace(counters(50), pending=0.0))], at=0.0)  # fmt: skip
+    window = sampler.observe([reading("a", replace(counters(200), pending=30.0)),
+                              reading("b", replace(counters(150), pending=12.0))], at=10.0)  # fmt: skip
+    assert window is not None
+    iv = window.intervals["r1"]
+    assert (iv.requests, iv.pending, iv.pending_change) == (200, 42, 40)
+    assert iv.rate == pytest.approx(20.0) and iv.arrival_rate == pytest.approx(24.0)
+
+
+def test_arrival_rate_is_unknown_unless_every_pod_exports_the_gauge() -> None:
+    sampler = Sampler()
+    sampler.observe([reading("a", replace(counters(100), pending=2.0)), reading("b", counters(50))], at=0.0)
+    window = sampler.observe([reading("a", replace(counters(200), pending=3.0)), reading("b", counters(60))], at=10.0)
+    assert window is not None
+    iv = window.intervals["r1"]
+    assert (iv.pending, iv.pending_change, iv.arrival_rate) == (None, None, None)
+    assert iv.rate == pytest.approx(11.0)
+
+
+def test_restarted_pod_queue_counts_from_zero() -> None:
+    before, after = replace(counters(100), pending=9.0), replace(counters(5), pending=3.0)
+    assert delta(before, after).pending_change == 3.0
 
 
 def test_interval_of_no_parts_is_zero() -> None:

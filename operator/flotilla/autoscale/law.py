@@ -161,6 +161,10 @@ class Observation:
     mean_batch: float | None = None
     queue_ms: float | None = None
     requests: int = 0
+    # From Triton's pending-request gauge, where the pods export it: requests waiting now, and
+    # completions plus the queue's growth per second (the demand, even under overload).
+    pending: int | None = None
+    arrival_rps: float | None = None
     pods_reporting: int | None = None  # pods whose counters made the interval (None: all ready ones)
     interval_s: float = 10.0
     stale_reason: str | None = None  # metrics are incomplete: never scale down
@@ -213,6 +217,8 @@ def observation_from_interval(
         mean_batch=interval.mean_batch,
         queue_ms=interval.mean_queue_ms,
         requests=interval.requests,
+        pending=interval.pending,
+        arrival_rps=interval.arrival_rate,
         pods_reporting=interval.pods,
         interval_s=interval_s or interval.seconds,
         stale_reason=reason,
@@ -304,12 +310,22 @@ def _learn_service(state: LawState, obs: Observation, cfg: LawConfig, max_batch:
 def demand_estimate(obs: Observation, state: LawState, limit_ms: float, cfg: LawConfig) -> tuple[float, bool]:
     """Requests per second arriving, and whether a backlog is building (then completions understate it).
 
+    With Triton's pending gauge the arrivals are counted (`Observation.arrival_rps`). Without it:
     Under overload Triton completes at its capacity mu while the queue Q grows at lambda - mu;
     the queue time of completed requests, W ~ Q / mu, then grows at (lambda - mu) / mu per
     second: lambda ~ mu * (1 + dW/dt). Working the backlog off within drain_s needs Q / drain_s
     = mu * W / drain_s more.
     """
     rate = max(0.0, obs.rate_rps or 0.0)
+    if obs.pending is not None and obs.arrival_rps is not None:
+        # Counted, not inferred: arrivals, and the requests waiting now. Waiting longer than
+        # backlog_fraction of the threshold (Little: pending / completions) is a backlog, to
+        # work off within drain_s on top of the arrivals.
+        arrivals = max(rate, obs.arrival_rps)
+        wait_ms = 1000 * obs.pending / max(rate, 1e-9) if obs.pending > 0 else 0.0
+        if wait_ms <= cfg.backlog_fraction * limit_ms:
+            return arrivals, False
+        return arrivals + obs.pending / cfg.drain_s, True
     queue_ms = obs.queue_ms
     if queue_ms is None or queue_ms <= cfg.backlog_fraction * limit_ms or rate <= 0:
         return rate, False
@@ -354,6 +370,7 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
         "mean_batch": obs.mean_batch,
         "queue_ms": obs.queue_ms,
         "requests": obs.requests,
+        "pending": obs.pending,
         "ready": obs.ready,
         "starting": obs.starting,
         "current": current,
@@ -470,7 +487,9 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
     )
     util = replica_load(svc, served_rate / 1000.0 / served).utilization
     saturated = met is False and util >= cfg.saturated_util
-    growing = backlog and obs.queue_ms is not None and obs.queue_ms > (state.last_queue_ms or 0.0)
+    # Without the pending gauge the demand under overload is a guess from queue times.
+    counted = obs.arrival_rps is not None
+    growing = not counted and backlog and obs.queue_ms is not None and obs.queue_ms > (state.last_queue_ms or 0.0)
     if growing:
         # Overloaded and getting worse: completions hide the demand; step up by the surge factor.
         # Relative to the pods that are saturated (ready), so pods already starting are credited.

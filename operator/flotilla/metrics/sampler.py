@@ -20,7 +20,7 @@ that restarts simply starts a new baseline.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .triton import counters_of, values_of, weighted_quantiles
 from .types import Interval, PodCounters, PodReading, Window
@@ -71,11 +71,15 @@ def restarted(previous: PodCounters, now: PodCounters) -> bool:
 
 
 def delta(previous: PodCounters, now: PodCounters) -> PodCounters:
-    """What a pod did between two readings; quantiles are the newer reading's (a window)."""
+    """What a pod did between two readings; quantiles and the pending gauge are the newer
+    reading's (a window, a value now), `pending_change` the gauge's growth."""
     if restarted(previous, now):
-        return now  # counted from zero: the restarted server's counters are all since then
+        # Counted from zero: the restarted server's counters are all since then, its queue too.
+        return replace(now, pending_change=now.pending)
     before = values_of(previous)
-    return counters_of({name: value - before[name] for name, value in values_of(now).items()}, now.quantiles)
+    change = None if now.pending is None or previous.pending is None else now.pending - previous.pending
+    counters = counters_of({name: value - before[name] for name, value in values_of(now).items()}, now.quantiles)
+    return replace(counters, pending=now.pending, pending_change=change)
 
 
 def _by_revision(deltas: Iterable[tuple[str, PodCounters]]) -> list[tuple[str, list[PodCounters]]]:
@@ -113,4 +117,13 @@ def interval(revision: str, seconds: float, parts: Sequence[PodCounters], failed
         pods=len(parts),
         failed_pods=tuple(failed),
         quantiles_ms={q: us / 1000 for q, us in quantiles_us.items()},
+        pending=_gauge_sum([p.pending for p in parts]),
+        pending_change=_gauge_sum([p.pending_change for p in parts]),
     )
+
+
+def _gauge_sum(values: Sequence[float | None]) -> int | None:
+    """The pods' sum, or None unless every pod exported the gauge (a partial sum misleads)."""
+    if not values or any(v is None for v in values):
+        return None
+    return round(sum(v for v in values if v is not None))

@@ -44,7 +44,9 @@ COUNTERS: Mapping[str, str] = {
     "nv_inference_count": "inferences",
     "nv_inference_exec_count": "executions",
 }
-FAMILIES = frozenset({*COUNTERS, SUMMARY})
+# Triton gauge family -> PodCounters field (values now, not since the start).
+GAUGES: Mapping[str, str] = {"nv_inference_pending_request_count": "pending"}
+FAMILIES = frozenset({*COUNTERS, *GAUGES, SUMMARY})
 
 
 class MetricsFormatError(ValueError):
@@ -57,6 +59,7 @@ class _Version:
 
     counters: dict[str, float] = field(default_factory=dict)
     quantiles: dict[float, float] = field(default_factory=dict)
+    pending: float | None = None
 
 
 def parse(text: str) -> dict[str, PodCounters]:
@@ -107,17 +110,22 @@ def _add(seen: _Version, family: str, sample: str, labels: Mapping[str, str], va
         if sample == SUMMARY and "quantile" in labels and not math.isnan(value):
             seen.quantiles[float(labels["quantile"])] = value
         return
+    if family in GAUGES:
+        seen.pending = (seen.pending or 0.0) + value
+        return
     name = COUNTERS[family]
     # Adding, not assigning: failure has one series per reason.
     seen.counters[name] = seen.counters.get(name, 0.0) + value
 
 
 def _counters(seen: _Version) -> PodCounters:
-    return counters_of(seen.counters, seen.quantiles)
+    return counters_of(seen.counters, seen.quantiles, seen.pending)
 
 
-def counters_of(values: Mapping[str, float], quantiles: Mapping[float, float]) -> PodCounters:
-    """PodCounters from field name -> value (missing fields are zero)."""
+def counters_of(
+    values: Mapping[str, float], quantiles: Mapping[float, float], pending: float | None = None
+) -> PodCounters:
+    """PodCounters from field name -> value (missing fields are zero), quantiles, the pending gauge."""
 
     def get(name: str) -> float:
         return float(values.get(name, 0.0))
@@ -133,6 +141,7 @@ def counters_of(values: Mapping[str, float], quantiles: Mapping[float, float]) -
         inferences=get("inferences"),
         executions=get("executions"),
         quantiles=dict(quantiles),
+        pending=None if pending is None else float(pending),
     )
 
 
@@ -146,7 +155,9 @@ def merge(parts: list[PodCounters]) -> PodCounters:
     if len(parts) == 1:
         return parts[0]
     sums = {name: sum(values_of(p)[name] for p in parts) for name in COUNTERS.values()}
-    return counters_of(sums, weighted_quantiles([(p.quantiles, p.success) for p in parts]))
+    known = [p.pending for p in parts if p.pending is not None]
+    pending = sum(known) if known else None
+    return counters_of(sums, weighted_quantiles([(p.quantiles, p.success) for p in parts]), pending)
 
 
 def weighted_quantiles(parts: list[tuple[Mapping[float, float], float]]) -> dict[float, float]:

@@ -35,6 +35,11 @@ class PodCounters:
     inferences: float = 0.0  # nv_inference_count (batch items)
     executions: float = 0.0  # nv_inference_exec_count (batches run)
     quantiles: Mapping[float, float] = field(default_factory=dict)
+    # nv_inference_pending_request_count: a gauge (requests waiting in the scheduler now), not
+    # a counter; in a delta (Sampler) it stays the newer reading's value, like the quantiles,
+    # and `pending_change` is how much it grew since the older one. None: not exported.
+    pending: float | None = None
+    pending_change: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,27 @@ class Interval:
     failed_pods: tuple[str, ...] = ()  # pods whose endpoint failed this look (name: error)
     # Request-weighted mean of the pods' summary quantiles (ms); empty without summaries.
     quantiles_ms: Mapping[float, float] = field(default_factory=dict)
+    # Requests waiting in the pods' schedulers at the end of the interval, and its growth over
+    # the interval (None: the pods do not export nv_inference_pending_request_count).
+    pending: int | None = None
+    pending_change: int | None = None
 
     @property
     def rate(self) -> float:
-        """Requests per second."""
+        """Requests per second completed (and failed)."""
         return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def arrival_rate(self) -> float | None:
+        """Requests per second that arrived: completions plus the growth of the queue.
+
+        Under overload completions stay at the pods' capacity while the queue grows; this is
+        the demand, seen within one interval instead of through queue times of completed
+        requests. Requests executing at either end are not counted (at most a batch per pod).
+        """
+        if self.pending_change is None or self.seconds <= 0:
+            return None
+        return max(0.0, (self.requests + self.pending_change) / self.seconds)
 
     @property
     def successes(self) -> int:

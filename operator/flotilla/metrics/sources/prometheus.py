@@ -20,12 +20,12 @@ from typing import Any
 
 import aiohttp
 
-from flotilla.metrics.triton import COUNTERS, SUMMARY, Sample, from_samples
+from flotilla.metrics.triton import COUNTERS, GAUGES, SUMMARY, Sample, from_samples
 from flotilla.metrics.types import PodReading, PodTarget
 
 Clock = Callable[[], float]
 # Only the exact family names: a summary's _count/_sum repeat the counters.
-METRIC_NAMES = (*COUNTERS, SUMMARY)
+METRIC_NAMES = (*COUNTERS, *GAUGES, SUMMARY)
 # Labels that tell one Triton series from another within a pod (besides the name).
 SERIES_LABELS = ("version", "reason", "quantile")
 
