@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flotilla.config import OperatorConfig
@@ -86,6 +87,21 @@ def test_light_load_meets_the_objective_with_one_replica() -> None:
     assert p.status.scaling is not None and p.status.scaling.desired_replicas == 1
     cond = p.status.condition("LatencyObjectiveMet")
     assert cond is not None and cond.status == "True"
+
+
+def test_the_pending_gauge_reaches_the_law() -> None:
+    """One pod completes 20/s of 50 ms requests (its capacity) while 200 wait: the demand is counted."""
+    m = model(autoscaling=AUTO)
+    rev = revision_of(m)
+    saturated = interval(rev, 20, 50, 2000)
+    blind = serving(metrics=Window(at=0, seconds=10, intervals={rev: saturated}))
+    counted = serving(
+        metrics=Window(at=0, seconds=10, intervals={rev: replace(saturated, pending=200, pending_change=200)})
+    )
+    assert counted.status.scaling is not None and blind.status.scaling is not None
+    assert counted.status.scaling.desired_replicas == AUTO["maxReplicas"]  # 40/s + backlog: 4 pods
+    assert "backlog" in (counted.status.scaling.reason or "")
+    assert blind.status.scaling.desired_replicas != counted.status.scaling.desired_replicas
 
 
 def test_failed_metrics_hold_and_say_so() -> None:

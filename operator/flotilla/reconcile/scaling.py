@@ -47,7 +47,14 @@ def merge(intervals: Iterable[Interval]) -> Interval | None:
         pods=sum(i.pods for i in parts),
         failed_pods=tuple(p for i in parts for p in i.failed_pods),
         quantiles_ms=quantiles,
+        pending=_known_sum([i.pending for i in parts]),
+        pending_change=_known_sum([i.pending_change for i in parts]),
     )
+
+
+def _known_sum(values: list[int | None]) -> int | None:
+    """A gauge summed over revisions, unknown when one revision's pods do not export it."""
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 def _latency(interval: Interval | None, window: Window) -> LatencyStatus | None:
