@@ -134,6 +134,10 @@ def test_scale_up_is_prompt_and_bounded() -> None:
     assert "scaling up 1 -> 5" in reason
     n, _, _ = run(obs(5000.0, ready=8, current=8))
     assert n == 10  # max_replicas
+    n, reason, _ = run(obs(5000.0, ready=10, current=10))
+    assert n == 10 and "holding 10" in reason and "not reachable within 10" in reason
+    n, reason, _ = run(obs(5000.0, ready=8, starting=2, current=10))  # the last two still starting
+    assert n == 10 and "scaling up 10 -> 10" not in reason
     big = Bounds(1, 100, 300)
     n, _, _ = run(obs(50000.0, ready=10, current=10), bounds=big)
     assert n == 20  # x2

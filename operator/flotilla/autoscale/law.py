@@ -519,6 +519,9 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
         st = replace(st, headroom_since=None, zero_since=None)
         extra = "" if reachable else f" (objective not reachable within {bounds.max_replicas})"
         ahead = f", planning for {_fmt(plan_rate)}/s" if plan_rate > rate * 1.01 else ""
+        if n <= current:  # already at the most the bounds allow
+            why = f"{head}{ahead}: {said(need_up, plan_rate)}{extra}; holding {current}, the maximum"
+            return done(current, why, st, "hold", predict_ms(svc, plan_rate, current, q, k))
         why = f"{head}{ahead}: {said(need_up, plan_rate)}{extra}; scaling up {current} -> {n}"
         if obs.starting:
             why += f" ({obs.starting} starting)"
@@ -562,8 +565,9 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
         return done(current, why, st, "hold", predict_ms(svc, rate, current, q, k))
 
     st = replace(st, headroom_since=None)
+    unreachable = "" if reachable else f" (objective not reachable within {bounds.max_replicas})"
     if obs.stale_reason is not None:
-        why = f"{head}: {said(current, rate)}; holding {current} ({obs.stale_reason})"
+        why = f"{head}: {said(current, rate)}{unreachable}; holding {current} ({obs.stale_reason})"
     else:
-        why = f"{head}: {said(current, rate)}; holding {current}"
+        why = f"{head}: {said(current, rate)}{unreachable}; holding {current}"
     return done(current, why, st, "hold", predict_ms(svc, rate, have, q, k))
