@@ -12,6 +12,7 @@ The tests of this module run in order and share one model (`chat`), as a user wo
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -130,6 +131,17 @@ def wait_condition(
     return wait_for(check, timeout=timeout, what=f"{name} {type_}={status}", interval=2)
 
 
+def deployment_ready(stack: Stack, name: str, replicas: int, timeout: float) -> float:
+    """Wait until the Deployment has `replicas` ready pods; the monotonic time it was seen."""
+    wait_for(
+        lambda: int((stack.get("deployment", name) or {}).get("status", {}).get("readyReplicas", 0)) >= replicas,
+        timeout=timeout,
+        what=f"{name}: {replicas} ready",
+        interval=1,
+    )
+    return time.monotonic()
+
+
 FAILURES = {"AccuracyBudgetExceeded", "OptimizerError", "SourceUnavailable", "UnsupportedModel", "InvalidArguments"}
 
 
@@ -226,6 +238,11 @@ class OpenLoad(threading.Thread):
             now = time.monotonic()
             self._busy_area += self._in_flight * (now - self._last)
             self._last, self._in_flight = now, self._in_flight + delta
+
+    def p95_ms_sent_after(self, since: float) -> tuple[float, int]:
+        """The p95 (ms) of the requests sent after `since` (monotonic) that finished, and how many."""
+        took = sorted(seconds for done, seconds in self.latencies if done - seconds >= since)
+        return (took[int(0.95 * (len(took) - 1))] * 1000 if took else math.inf), len(took)
 
     def mean_in_flight(self) -> float:
         self._count(0)
@@ -391,7 +408,12 @@ def test_autoscaling_holds_the_objective_on_the_real_server(stack: Stack) -> Non
     wait_for(lambda: not stack.status()["revisions"].get("canary"), timeout=600, what="no canary")
     wait_condition(stack, "Ready", "True", timeout=600)
     rate, mean = _capacity(stack, clients=1)  # one replica, no batching help: its service rate
-    threshold_ms = int(max(4 * mean * 1000, 200))
+    # Batching buys nothing here (one thread per replica: a batch of 8 takes 8 times one), so
+    # two replicas serve at most twice one replica's serial rate, less what the control plane
+    # and the load itself take from the two cores. Seen on 2026-12-01: a step to 2x kept two
+    # replicas saturated (p95 19 s). The step goes to 1.3x: one replica overloaded, two at
+    # ~65% each, where an M/D/1 p95 is about 4.5x the service time.
+    threshold_ms = int(max(6 * mean * 1000, 200))
     auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 2, "scaleDownDelaySeconds": 30,
             "latencyObjective": {"percentile": 95, "thresholdMs": threshold_ms}}  # fmt: skip
     stack.kubectl("apply", "-n", stack.namespace, "-f", "-", input=smallmodel({**serving, "autoscaling": auto}))
@@ -406,20 +428,41 @@ def test_autoscaling_holds_the_objective_on_the_real_server(stack: Stack) -> Non
     load.start()
     started = time.monotonic()
     try:
-        wait_condition(stack, "LatencyObjectiveMet", "True", timeout=120)
-        # Seen failing on 2026-12-01: 2 replicas already at 0.3x one replica's capacity.
-        assert replicas() == 1, (stack.status().get("scaling"), stack.status().get("latency"), rate, mean)
+        # The capacity measurement just above ran one replica flat out, and the first intervals
+        # the autoscaler sees may cover it: scaling to 2 for it is right. The step starts from a
+        # settled pool: one replica, objective met, at the light load.
+        wait_for(
+            lambda: replicas() == 1 and stack.condition("LatencyObjectiveMet").get("status") == "True",
+            timeout=300,
+            what="one replica meeting the objective at the light load",
+            interval=2,
+        )
+        print(f"autoscaling: settled after {time.monotonic() - started:.0f}s: {stack.status().get('scaling')}")
         stepped = time.monotonic()
-        load.set_rate(2.0 * rate)  # twice one replica's serial capacity
-        while time.monotonic() - stepped < 240:
-            timeline.append((time.monotonic() - started, replicas(), stack.status().get("latency", {}).get("p95Ms")))
-            if replicas() == 2 and stack.condition("LatencyObjectiveMet").get("status") == "True":
-                break
+        load.set_rate(1.3 * rate)  # past one replica's serial capacity
+
+        def look() -> None:
+            status = stack.status()
+            timeline.append((round(time.monotonic() - started), replicas(), status.get("latency", {}).get("p95Ms")))
+            print(f"autoscaling: {timeline[-1]} {status.get('scaling', {}).get('reason')}")
+
+        while replicas() < 2 and time.monotonic() - stepped < 240:
+            look()
             time.sleep(2)
         reaction = time.monotonic() - stepped
         assert replicas() == 2, timeline
-        wait_condition(stack, "LatencyObjectiveMet", "True", timeout=180)
+        two_ready = deployment_ready(stack, deployment, 2, timeout=240)
+        # The objective is judged on what the two replicas did: Triton's summary covers its last
+        # ~60 s, so hold the step load 70 s past the second pod's readiness, then require the
+        # condition, the status p95 and the p95 the clients saw (requests sent after that) under it.
+        while time.monotonic() - two_ready < 70:
+            look()
+            time.sleep(5)
+        wait_condition(stack, "LatencyObjectiveMet", "True", timeout=60)
         recovered = time.monotonic() - stepped
+        p95_status = float(stack.status()["latency"]["p95Ms"])
+        p95_clients, seen = load.p95_ms_sent_after(two_ready + 10)
+        assert seen >= 30, f"only {seen} requests after both replicas were ready"
         calm = time.monotonic()
         load.set_rate(0.2 * rate)
         wait_for(lambda: replicas() == 1, timeout=240, what="scale down after the delay", interval=2)
@@ -427,8 +470,11 @@ def test_autoscaling_holds_the_objective_on_the_real_server(stack: Stack) -> Non
     finally:
         load.stop()
     print(f"autoscaling: service {mean * 1000:.0f} ms, objective p95 <= {threshold_ms} ms; load {0.3 * rate:.1f} -> "
-          f"{2 * rate:.1f} -> {0.2 * rate:.1f}/s; 2 replicas after {reaction:.0f}s, objective met again after "
-          f"{recovered:.0f}s, back to 1 after {down_after:.0f}s (delay 30s); timeline {timeline}")  # fmt: skip
+          f"{1.3 * rate:.1f} -> {0.2 * rate:.1f}/s; 2 replicas asked {reaction:.0f}s after the step, both ready "
+          f"{two_ready - stepped:.0f}s after it; objective met on two replicas' own window {recovered:.0f}s after "
+          f"(status p95 {p95_status:.0f} ms, clients' p95 {p95_clients:.0f} ms over {seen} requests); back "
+          f"to 1 {down_after:.0f}s after the load dropped (delay 30s); timeline {timeline}")  # fmt: skip
+    assert p95_status <= threshold_ms and p95_clients <= threshold_ms
     assert down_after >= 30
     assert load.failures == [], load.failures
 
