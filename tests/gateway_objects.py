@@ -12,11 +12,17 @@ def ready_condition(status: str = "True", reason: str = "Serving") -> dict[str, 
     return {"type": "Ready", "status": status, "reason": reason, "message": "", "lastTransitionTime": NOW}
 
 
-def smallmodel_spec(task: str = "text-generation", min_replicas: int = 1, max_batch_size: int = 8) -> dict[str, Any]:
+def smallmodel_spec(
+    task: str = "text-generation", min_replicas: int = 1, max_batch_size: int = 8, autoscaling: bool = False
+) -> dict[str, Any]:
+    """`autoscaling` with `min_replicas=0` is a model that scales from zero."""
+    auto: dict[str, Any] = {"enabled": autoscaling, "minReplicas": min_replicas}
+    if autoscaling:
+        auto["latencyObjective"] = {"percentile": 95, "thresholdMs": 250}
     return {
         "source": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "task": task},
         "serving": {"maxBatchSize": max_batch_size},
-        "autoscaling": {"enabled": False, "minReplicas": min_replicas},
+        "autoscaling": auto,
     }
 
 

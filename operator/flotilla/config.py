@@ -100,6 +100,19 @@ class OperatorConfig(BaseModel):
         description="Gateway ([namespace/]name) every model's HTTPRoute attaches to, unless the SmallModel "
         "names one in spec.rollout.gatewayRef.",
     )
+    # Scale from zero: the Flotilla gateway's pods hold requests for models at zero and count
+    # them; the autoscaler reads those counts (the chart sets these to its gateway's labels).
+    gateway_pods_namespace: str = Field(
+        default="flotilla-system",
+        pattern=DNS_LABEL,
+        description="Namespace of the Flotilla gateway's pods, read for requests held for models scaled to zero.",
+    )
+    gateway_pods_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "flotilla-gateway"},
+        description="Labels of the Flotilla gateway's pods; empty: no gateway, so nothing wakes a model with "
+        "autoscaling minReplicas 0 once it is at zero (its status says so).",
+    )
+    gateway_pods_port: int = Field(default=8080, ge=1, le=65535, description="The gateway pods' /metrics port.")
     traffic_split: Literal["auto", "replicas"] = Field(
         default="auto",
         description="auto: exact canary weights on an HTTPRoute per model where the cluster serves the Gateway "

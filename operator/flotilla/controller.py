@@ -18,10 +18,12 @@ from flotilla.config import OperatorConfig
 from flotilla.executor import execute
 from flotilla.kube import Kube
 from flotilla.metrics import PodTarget, Window
+from flotilla.metrics.gateway import Demand, DemandSampler, GatewayTarget
 from flotilla.metrics.sampler import Sampler
-from flotilla.metrics.sources import MetricsSource, PrometheusSource, ScrapeSource
+from flotilla.metrics.sources import GatewaySource, MetricsSource, PrometheusSource, ScrapeSource
 from flotilla.reconcile import Context, Observed, Plan, plan
 from flotilla.reconcile.plan import needs_metrics
+from flotilla.reconcile.scaling import at_zero
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -102,6 +104,18 @@ class Controller:
             else ScrapeSource(url_template=config.metrics_url_template)
         )
         self._http_route: tuple[float, bool] | None = None  # (checked at, served)
+        self._demand: dict[Key, DemandSampler] = {}  # models at zero: their gateway counters
+        labels = ",".join(f"{k}={v}" for k, v in sorted(config.gateway_pods_labels.items()))
+        self.gateway = GatewaySource(
+            self._gateway_pods,
+            f"pods {labels} in {config.gateway_pods_namespace}",
+            port=config.gateway_pods_port,
+            max_age=config.metrics_interval_seconds / 2,
+        )
+
+    async def _gateway_pods(self) -> list[GatewayTarget]:
+        pods = await self.kube.running_pods(self.config.gateway_pods_namespace, self.config.gateway_pods_labels)
+        return [GatewayTarget(name, ip) for name, ip in pods]
 
     def kick(self, namespace: str, name: str) -> None:
         """A child changed: wake the model's loop (coalesced if it is already awake)."""
@@ -127,6 +141,7 @@ class Controller:
         self._wakeups.pop(key, None)
         self._written.pop(key, None)
         self._samplers.pop(key, None)
+        self._demand.pop(key, None)
         telemetry.CONDITIONS.by_model.pop(key, None)
         telemetry.DESIRED_REPLICAS.by_model.pop(key, None)
 
@@ -150,14 +165,31 @@ class Controller:
             self._http_route = (now, await self.kube.serves_http_routes())
         return self._http_route[1]
 
-    async def _look(self, model: SmallModel, observed: Observed) -> tuple[Window | None, str | None]:
-        """One metrics window of the model's serving pods, when a canary or the autoscaler needs it."""
+    async def _gateway_demand(self, model: SmallModel, observed: Observed) -> Demand | None:
+        """At zero: the gateway's requests for the model since the last look (None otherwise)."""
+        key = (model.metadata.namespace, model.metadata.name)
+        if not at_zero(model, observed):
+            self._demand.pop(key, None)  # a fresh baseline at the next zero (see DemandSampler)
+            return None
+        if not self.config.gateway_pods_labels:
+            return Demand(0, 0, 0.0, "no Flotilla gateway is configured (gateway_pods_labels is empty)")
+        look = await self.gateway.look()
+        sampler = self._demand.setdefault(key, DemandSampler())
+        demand = sampler.observe(look, f"{key[0]}/{key[1]}")
+        if demand.error:
+            log.warning("gateway demand of %s/%s: %s", *key, demand.error)
+        return demand
+
+    async def _look(self, model: SmallModel, observed: Observed) -> tuple[Window | None, str | None, Demand | None]:
+        """One metrics window of the model's serving pods, when a canary or the autoscaler needs
+        it, and at zero the gateway's demand."""
         if not needs_metrics(model):
-            return None, None
+            return None, None, None
         key = (model.metadata.namespace, model.metadata.name)
         sampler = self._samplers.setdefault(key, Sampler(min_seconds=self.config.metrics_interval_seconds * 0.9))
         if sampler.last_at is not None and time.monotonic() - sampler.last_at < sampler.min_seconds:
-            return None, None
+            return None, None, None
+        demand = await self._gateway_demand(model, observed)
         targets = [
             PodTarget(p.name, p.revision, p.ip, p.ready)
             for p in observed.pods
@@ -167,8 +199,8 @@ class Controller:
             readings = await self.metrics.read(model.metadata.namespace, model.metadata.name, targets)
         except Exception as err:  # the source as a whole is down: hold, and say so
             log.warning("metrics of %s/%s: %s", *key, err)
-            return None, f"metrics source failed: {err}"
-        return sampler.observe(readings, time.monotonic()), None
+            return None, f"metrics source failed: {err}", demand
+        return sampler.observe(readings, time.monotonic()), None, demand
 
     async def reconcile(self, body: Mapping[str, Any], observed: Observed) -> Plan | None:
         model = self._model(body)
@@ -179,11 +211,12 @@ class Controller:
             model = self._model(body)
             started = time.perf_counter()
             try:
-                window, metrics_error = await self._look(model, observed)
+                window, metrics_error, demand = await self._look(model, observed)
                 observed = replace(
                     observed,
                     metrics=window,
                     metrics_error=metrics_error,
+                    gateway_demand=demand,
                     http_route_api=await self._http_route_served(),
                 )
                 result = plan(model, observed, Context(self.config, self.clock(), self.renderer))

@@ -85,7 +85,14 @@ def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
 
     path = Path("/tmp") / f"flotilla-chart-config-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert load_config({"FLOTILLA_CONFIG": str(path)}).namespaces == ["a", "b"]  # the operator accepts it
+    loaded = load_config({"FLOTILLA_CONFIG": str(path)})
+    assert loaded.namespaces == ["a", "b"]  # the operator accepts it
+    # Scale from zero: the operator reads this release's gateway pods, and only those.
+    assert loaded.gateway_pods_labels and all(pod_labels.get(k) == v for k, v in loaded.gateway_pods_labels.items())
+    assert loaded.gateway_pods_namespace == gateway["metadata"]["namespace"]
+    assert {p["containerPort"] for p in gateway["spec"]["template"]["spec"]["containers"][0]["ports"]} == {
+        loaded.gateway_pods_port
+    }
 
 
 @pytest.fixture

@@ -111,11 +111,6 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("negative-batch", {**SPEC, "serving": {"maxBatchSize": -1}}, "spec.serving.maxBatchSize"),
     ("no-source", {"replicas": 1}, "spec.source: Required value"),
     ("auto-no-objective", {**SPEC, "autoscaling": {"enabled": True}}, "latencyObjective is required"),
-    (
-        "scale-to-zero",
-        {**SPEC, "autoscaling": {"enabled": True, "minReplicas": 0, "latencyObjective": {"thresholdMs": 250}}},
-        "scale to zero) is not supported yet",
-    ),
     ("empty-steps", {**SPEC, "rollout": {"canary": {"steps": []}}}, "spec.rollout.canary.steps"),
     ("bad-inconclusive", {**SPEC, "rollout": {"canary": {"onInconclusive": "Wait"}}}, 'Unsupported value: "Wait"'),
     (
@@ -141,6 +136,17 @@ def test_unknown_field_is_rejected(crd: Cluster, namespace: str) -> None:
         "create", "-n", namespace, "-f", "-", input=manifest("typo", {**SPEC, "replica": 2}), check=False
     )
     assert proc.returncode != 0 and 'unknown field "spec.replica"' in proc.stderr, proc.stderr
+
+
+def test_scale_to_zero_is_accepted_and_explained_by_the_api_server(crd: Cluster, namespace: str) -> None:
+    zero = {**SPEC, "autoscaling": {"enabled": True, "minReplicas": 0, "latencyObjective": {"thresholdMs": 250}}}
+    apply(crd, namespace, manifest("zero", zero))
+    assert smallmodel(crd, namespace, "zero")["spec"]["autoscaling"]["minReplicas"] == 0
+    # What `kubectl explain` shows users comes from the CRD the server serves.
+    explained = crd.kubectl("explain", "smallmodel.spec.autoscaling.minReplicas").stdout
+    assert "Flotilla gateway" in " ".join(explained.split()) and "not supported" not in explained
+    rules = crd.kubectl_json("get", "crd", "smallmodels.flotilla.dev")["spec"]["versions"][0]["schema"]
+    assert "minReplicas >= 1" not in json.dumps(rules)
 
 
 def test_defaults_are_applied_by_the_api_server(crd: Cluster, namespace: str) -> None:

@@ -52,6 +52,17 @@ def test_invalid_specs_are_rejected(overrides: dict[str, object], message: str) 
         spec(**overrides)
 
 
+def test_autoscaling_may_scale_to_zero_and_says_it_needs_the_gateway() -> None:
+    auto = spec(autoscaling={"enabled": True, "minReplicas": 0, "latencyObjective": {"thresholdMs": 250}}).autoscaling
+    assert auto.enabled and auto.min_replicas == 0
+    from flotilla.api.v1alpha1.spec import AutoscalingSpec
+
+    description = AutoscalingSpec.model_fields["min_replicas"].description or ""
+    assert "Flotilla gateway" in description and "not supported" not in description
+    with pytest.raises(ValidationError, match="must not exceed"):
+        spec(autoscaling={"minReplicas": 3, "maxReplicas": 2})
+
+
 def test_fp16_allowed_with_gpu_serving() -> None:
     assert spec(optimize={"precision": "fp16"}, serving={"gpu": {"count": 1}}).optimize.precision == "fp16"
 

@@ -27,6 +27,15 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert config.job_node_selector == {"pool": "cpu"}
 
 
+def test_gateway_pods_default_to_the_charts_gateway_and_may_be_turned_off() -> None:
+    config = load_config({})
+    assert config.gateway_pods_namespace == "flotilla-system" and config.gateway_pods_port == 8080
+    assert config.gateway_pods_labels == {"app.kubernetes.io/name": "flotilla-gateway"}
+    env = {"FLOTILLA_GATEWAY_PODS_LABELS": "{}", "FLOTILLA_GATEWAY_PODS_NAMESPACE": "edge"}
+    off = load_config(env)
+    assert off.gateway_pods_labels == {} and off.gateway_pods_namespace == "edge"
+
+
 def test_list_settings_from_environment() -> None:
     config = load_config({"FLOTILLA_OPTIMIZER_EXTRA_ARGS": "--eval-limit,64", "FLOTILLA_NAMESPACES": "a, b"})
     assert config.optimizer_extra_args == ["--eval-limit", "64"]

@@ -211,12 +211,15 @@ def test_namespace_isolation() -> None:
     assert table.get("secret", "chat") is None
 
 
-def test_scale_from_zero_flag_follows_min_replicas() -> None:
+def test_scale_from_zero_flag_needs_autoscaling_with_min_replicas_0() -> None:
     table = table_with(
-        smallmodel("zero", status=smallmodel_status("r1"), min_replicas=0),
-        smallmodel("one", status=smallmodel_status("r1")),
+        smallmodel("zero", status=smallmodel_status("r1"), min_replicas=0, autoscaling=True),
+        smallmodel("one", status=smallmodel_status("r1"), autoscaling=True),
+        # Scaled to 0 by hand: nothing would wake it, so requests are not held.
+        smallmodel("manual", status=smallmodel_status("r1"), min_replicas=0),
     )
-    assert route(table, "zero").scales_from_zero and not route(table, "one").scales_from_zero
+    assert route(table, "zero").scales_from_zero
+    assert not route(table, "one").scales_from_zero and not route(table, "manual").scales_from_zero
 
 
 def test_an_unparseable_model_is_skipped() -> None:

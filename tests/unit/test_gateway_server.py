@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import random
 import struct
@@ -214,24 +215,140 @@ def test_no_endpoint_is_503_with_retry_after_at_once() -> None:
     serve(check)
 
 
-def test_scale_from_zero_holds_until_an_endpoint_appears_then_times_out() -> None:
+LAZY = {**CHAT, "model": "lazy"}
+
+
+def at_zero(table: RouteTable, name: str = "lazy") -> None:
+    """A model the autoscaler took to zero: served (a stable revision), no endpoint."""
+    table.upsert_model(smallmodel(name, status=smallmodel_status("z1"), min_replicas=0, autoscaling=True))
+
+
+async def sample(env: Env, name: str, model: str = "ml/lazy") -> float | None:
+    """One series of the gateway's /metrics, parsed as Prometheus would."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = await (await env["client"].get("/metrics")).text()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels.get("model") == model:
+                return float(s.value)
+    return None
+
+
+async def held(env: Env, count: int, timeout: float = 5.0) -> None:
+    """Until the gateway holds `count` requests for ml/lazy (the gauge the operator reads)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await sample(env, "flotilla_gateway_waiting_requests") != count:
+        assert asyncio.get_running_loop().time() < deadline, f"never {count} held"
+        await asyncio.sleep(0.02)
+
+
+def test_scale_from_zero_holds_a_request_until_an_endpoint_appears() -> None:
     async def check(env: Env) -> None:
         table: RouteTable = env["table"]
-        table.upsert_model(smallmodel("lazy", status=smallmodel_status("z1"), min_replicas=0))
-        pod = env["pods"][0]
-        request = asyncio.create_task(post(env, "/v1/chat/completions", {**CHAT, "model": "lazy"}))
-        await asyncio.sleep(0.3)
+        at_zero(table)
+        request = asyncio.create_task(post(env, "/v1/chat/completions", LAZY))
+        await held(env, 1)
         assert not request.done()  # held, not failed
-        add_pod(table, "lazy", pod)
+        assert await sample(env, "flotilla_gateway_scale_from_zero_requests_total") == 1
+        add_pod(table, "lazy", env["pods"][0])  # what the EndpointSlice watch does once a pod is ready
         status, body, _ = await request
         assert status == 200 and body["system_fingerprint"] == "z1"
-        table.replace_slices("ml", [])
+        assert await sample(env, "flotilla_gateway_waiting_requests") == 0
+        assert await sample(env, "flotilla_gateway_scale_from_zero_wait_seconds_count") == 1
+        assert env["gateway"].waiting == {}
+        # Now it has an endpoint: answered at once, not counted as an arrival at zero.
+        assert (await post(env, "/v1/chat/completions", LAZY))[0] == 200
+        assert await sample(env, "flotilla_gateway_scale_from_zero_requests_total") == 1
+
+    serve(check, cfg=settings(scale_from_zero_hold_seconds=10))
+
+
+def test_scale_from_zero_hold_times_out_with_503_and_retry_after() -> None:
+    async def check(env: Env) -> None:
+        at_zero(env["table"])
         started = asyncio.get_running_loop().time()
-        status, _, headers = await post(env, "/v1/chat/completions", {**CHAT, "model": "lazy"})
+        status, body, headers = await post(env, "/v1/chat/completions", LAZY)
         waited = asyncio.get_running_loop().time() - started
-        assert status == 503 and "Retry-After" in headers and 0.5 <= waited < 3
+        assert status == 503 and headers["Retry-After"] == "5" and 0.5 <= waited < 3
+        assert body["error"]["code"] == "scaling_from_zero" and "scaling from zero" in body["error"]["message"]
+        assert await sample(env, "flotilla_gateway_waiting_requests") == 0
+        metrics = await (await env["client"].get("/metrics")).text()
+        assert 'flotilla_gateway_errors_total{kind="waking_timeout",model="ml/lazy",revision=""} 1.0' in metrics
 
     serve(check, cfg=settings(scale_from_zero_hold_seconds=0.6))
+
+
+def test_scale_from_zero_caps_held_requests_per_model() -> None:
+    async def check(env: Env) -> None:
+        at_zero(env["table"])
+        first = [asyncio.create_task(post(env, "/v1/chat/completions", LAZY)) for _ in range(2)]
+        await held(env, 2)
+        status, body, headers = await post(env, "/v1/chat/completions", LAZY)
+        assert status == 429 and headers["Retry-After"] == "5"
+        assert body["error"]["code"] == "scale_from_zero_queue_full"
+        # Refused requests are demand too: the operator counts every arrival at zero.
+        assert await sample(env, "flotilla_gateway_scale_from_zero_requests_total") == 3
+        add_pod(env["table"], "lazy", env["pods"][0])
+        assert [(await r)[0] for r in first] == [200, 200]
+
+    serve(check, cfg=settings(scale_from_zero_hold_seconds=10, scale_from_zero_max_waiting=2))
+
+
+def test_a_client_that_leaves_while_held_is_no_longer_counted() -> None:
+    async def check(env: Env) -> None:
+        at_zero(env["table"])
+        request = asyncio.create_task(post(env, "/v1/chat/completions", LAZY))
+        await held(env, 1)
+        request.cancel()  # the client closes its connection: aiohttp cancels the handler
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        await held(env, 0)
+        assert env["gateway"].waiting == {}
+
+    serve(check, cfg=settings(scale_from_zero_hold_seconds=10))
+
+
+def test_models_not_at_zero_get_503_at_once() -> None:
+    async def check(env: Env) -> None:
+        table: RouteTable = env["table"]
+        table.upsert_model(smallmodel("manual", status=smallmodel_status("m1"), min_replicas=0))  # autoscaling off
+        table.upsert_model(smallmodel("floor", status=smallmodel_status("f1"), autoscaling=True))  # min 1
+        for name in ("manual", "floor", "chat"):
+            if name == "chat":
+                table.replace_slices("ml", [])
+            started = asyncio.get_running_loop().time()
+            status, body, headers = await post(env, "/v1/chat/completions", {**CHAT, "model": name})
+            assert status == 503 and headers["Retry-After"] == "5" and body["error"]["code"] == "no_ready_endpoint"
+            assert asyncio.get_running_loop().time() - started < 1, name
+        assert await sample(env, "flotilla_gateway_scale_from_zero_requests_total", "ml/manual") is None
+
+    serve(check, cfg=settings(scale_from_zero_hold_seconds=10))
+
+
+def test_embeddings_are_held_too_and_keep_one_revision() -> None:
+    async def check(env: Env) -> None:
+        table: RouteTable = env["table"]
+        table.upsert_model(
+            smallmodel(
+                "lazy-embed",
+                status=smallmodel_status("ze"),
+                task="feature-extraction",
+                max_batch_size=1,
+                min_replicas=0,
+                autoscaling=True,
+            )
+        )
+        request = asyncio.create_task(post(env, "/v1/embeddings", {"model": "lazy-embed", "input": ["a", "bb"]}))
+        deadline = asyncio.get_running_loop().time() + 5
+        while await sample(env, "flotilla_gateway_waiting_requests", "ml/lazy-embed") != 2:  # one per batch
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        add_pod(table, "lazy-embed", env["pods"][1])
+        status, body, _ = await request
+        assert status == 200 and len(body["data"]) == 2
+
+    serve(check, cfg=settings(scale_from_zero_hold_seconds=10))
 
 
 def test_errors_before_routing() -> None:

@@ -14,6 +14,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 TOKEN_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+WAKE_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300)
+# Read by the operator (flotilla.metrics.gateway) to wake models at zero: keep the names in step.
+WAITING_REQUESTS = "flotilla_gateway_waiting_requests"
+SCALE_FROM_ZERO_REQUESTS = "flotilla_gateway_scale_from_zero_requests"
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,19 @@ class Series:
     retries: Any
 
 
+@dataclass(frozen=True)
+class WakeSeries:
+    """The scale-from-zero children of one model."""
+
+    waiting: Any
+    arrived: Any
+    waited: Any
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._series: dict[tuple[str, str], Series] = {}
+        self._wake: dict[str, WakeSeries] = {}
         self._latency: dict[tuple[str, str, str, str], Any] = {}
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -74,6 +88,27 @@ class GatewayMetrics:
         self.retries = Counter(
             "flotilla_gateway_retries", "Attempts moved to another endpoint.", ["model", "revision"], registry=r
         )
+        # Scale from zero: the operator reads these two from every gateway replica (the only
+        # demand signal of a model without pods), so they exist per model, not per revision.
+        self.waiting = Gauge(
+            WAITING_REQUESTS,
+            "Requests held for a model scaled to zero, waiting for its first ready replica.",
+            ["model"],
+            registry=r,
+        )
+        self.scale_from_zero = Counter(
+            SCALE_FROM_ZERO_REQUESTS,
+            "Requests that arrived for a model scaled to zero (held, or refused over the hold's cap).",
+            ["model"],
+            registry=r,
+        )
+        self.wake_wait = Histogram(
+            "flotilla_gateway_scale_from_zero_wait_seconds",
+            "How long held requests waited for a model to scale from zero (until served, timed out or gone).",
+            ["model"],
+            buckets=WAKE_BUCKETS,
+            registry=r,
+        )
 
     def series(self, model: str, revision: str) -> Series:
         key = (model, revision)
@@ -86,6 +121,14 @@ class GatewayMetrics:
                 self.prompt_tokens.labels(model, revision),
                 self.completion_tokens.labels(model, revision),
                 self.retries.labels(model, revision),
+            )
+        return found
+
+    def wake(self, model: str) -> WakeSeries:
+        found = self._wake.get(model)
+        if found is None:
+            found = self._wake[model] = WakeSeries(
+                self.waiting.labels(model), self.scale_from_zero.labels(model), self.wake_wait.labels(model)
             )
         return found
 

@@ -30,6 +30,8 @@ FailureKind = Literal[
     "forbidden",
     "concurrency",
     "no_endpoint",
+    "waking_timeout",
+    "waking_full",
     "upstream_bad_request",
     "upstream_error",
     "upstream_timeout",
@@ -49,6 +51,10 @@ STATUS: dict[FailureKind, tuple[int, str, str | None]] = {
     "forbidden": (403, "permission_error", "model_not_allowed"),
     "concurrency": (429, "rate_limit_error", "concurrency_limit_exceeded"),
     "no_endpoint": (503, "service_unavailable", "no_ready_endpoint"),
+    # A model scaled to zero: no replica became ready within the hold, or too many requests
+    # already wait for one (a queue of its own, so 429 as for the per-key limit).
+    "waking_timeout": (503, "service_unavailable", "scaling_from_zero"),
+    "waking_full": (429, "rate_limit_error", "scale_from_zero_queue_full"),
     "upstream_bad_request": (400, "invalid_request_error", "upstream_rejected"),
     "upstream_error": (502, "upstream_error", "upstream_error"),
     "upstream_timeout": (504, "upstream_error", "upstream_timeout"),

@@ -168,8 +168,11 @@ def _epoch(timestamp: str | None) -> int:
 
 
 def scales_from_zero(model: SmallModel) -> bool:
-    """Requests wait (bounded) for a first endpoint only for a model allowed to scale to zero."""
-    return model.spec.autoscaling.min_replicas == 0
+    """Requests wait (bounded) for a first endpoint only for a model the autoscaler may take to
+    zero and bring back: autoscaling on with minReplicas 0. A model scaled to 0 by hand
+    (`replicas: 0`, autoscaling off) has nothing that would wake it: 503 at once."""
+    auto = model.spec.autoscaling
+    return auto.enabled and auto.min_replicas == 0
 
 
 @dataclass(frozen=True)

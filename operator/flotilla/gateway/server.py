@@ -68,6 +68,7 @@ class Gateway:
         self.keys: KeyRing = KeyRing(enabled=True) if settings.api_keys_secret else OPEN
         self.outstanding: dict[str, int] = {}  # endpoint address -> requests in flight
         self.per_key: dict[str, int] = {}
+        self.waiting: dict[tuple[str, str], int] = {}  # (namespace, model) -> requests held at zero
         self.draining = False  # set on SIGTERM: /readyz fails while requests are still served
         self.ejected: dict[str, float] = {}  # endpoint address -> loop time its ejection ends
         self.synced = asyncio.Event()
@@ -120,23 +121,69 @@ class Gateway:
     async def _pick(self, route: ModelRoute, tried: list[str], role: Role | None = None) -> Pick:
         """An endpoint, holding the request (bounded) while a scale-from-zero model has none."""
         loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        while True:
-            current = self.table.get(route.namespace, route.name) or route
-            try:
-                return pick(current, self.rng, self.outstanding, tried, self._avoided(loop.time()), role)
-            except NoEndpointError:
-                hold = self.settings.scale_from_zero_hold_seconds
-                if tried or not current.scales_from_zero or hold <= 0:
-                    detail = "every endpoint tried failed" if tried else "no ready endpoint"
-                    raise self._unavailable(f"The model `{route.name}` has {detail}") from None
-                deadline = deadline if deadline is not None else loop.time() + hold
-                remaining = deadline - loop.time()
+        current = self.table.get(route.namespace, route.name) or route
+        try:
+            return pick(current, self.rng, self.outstanding, tried, self._avoided(loop.time()), role)
+        except NoEndpointError:
+            # A retry (tried) found the pods it had failing: that is not a model at zero.
+            if tried or not current.scales_from_zero or self.settings.scale_from_zero_hold_seconds <= 0:
+                detail = "every endpoint tried failed" if tried else "no ready endpoint"
+                raise self._unavailable(f"The model `{route.name}` has {detail}") from None
+        return await self._wake(current, role)
+
+    async def _wake(self, route: ModelRoute, role: Role | None) -> Pick:
+        """Hold a request for a model scaled to zero until the watch brings it a ready endpoint.
+
+        Bounded in time (scale_from_zero_hold_seconds: then 503) and in count per model
+        (scale_from_zero_max_waiting: over it 429 at once). No polling: the request sleeps on the
+        route table's change event. While held it is counted in `flotilla_gateway_waiting_requests`,
+        and every arrival in `flotilla_gateway_scale_from_zero_requests_total`: the demand the
+        operator reads to wake the model (it has no pods to read it from).
+        """
+        loop = asyncio.get_running_loop()
+        key = (route.namespace, route.name)
+        wake = self.metrics.wake(f"{route.namespace}/{route.name}")
+        wake.arrived.inc()
+        hold, limit = self.settings.scale_from_zero_hold_seconds, self.settings.scale_from_zero_max_waiting
+        retry_after = self.settings.retry_after_seconds
+        if self.waiting.get(key, 0) >= limit:
+            raise p.GatewayError(
+                "waking_full",
+                f"The model `{route.name}` is scaling from zero and {limit} requests already wait for it",
+                retry_after=retry_after,
+            )
+        self.waiting[key] = self.waiting.get(key, 0) + 1
+        wake.waiting.inc()
+        started = loop.time()
+        try:
+            while True:
+                change = self._change  # before looking: a change after the look still wakes us
+                current = self.table.get(*key)
+                if current is None or not current.served:
+                    raise p.GatewayError("model_not_found", f"The model `{route.name}` is no longer served", "model")
+                try:
+                    return pick(current, self.rng, self.outstanding, (), self._avoided(loop.time()), role)
+                except NoEndpointError:
+                    pass
+                if not current.scales_from_zero:  # autoscaling turned off meanwhile: nothing will wake it
+                    raise self._unavailable(f"The model `{route.name}` has no ready endpoint")
+                remaining = started + hold - loop.time()
                 if remaining <= 0:
-                    raise self._unavailable(f"No endpoint of `{route.name}` became ready in {hold:g}s") from None
-                change = self._change
+                    raise p.GatewayError(
+                        "waking_timeout",
+                        f"The model `{route.name}` is scaling from zero: no replica became ready within {hold:g}s",
+                        retry_after=retry_after,
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(change.wait(), remaining)
+        finally:
+            left = self.waiting.get(key, 1) - 1
+            if left <= 0:
+                self.waiting.pop(key, None)
+            else:
+                self.waiting[key] = left
+            wake.waiting.dec()
+            wake.waited.observe(loop.time() - started)
 
     def _avoided(self, now: float) -> list[str]:
         if not self.ejected:

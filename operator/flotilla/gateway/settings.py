@@ -40,8 +40,19 @@ class GatewaySettings(BaseSettings):
     read_timeout_seconds: float = Field(
         default=120.0, gt=0, description="Longest silence from a pod (before the first byte or between chunks)."
     )
+    # Cold start = the operator's next look (metrics interval) + scheduling + image pull +
+    # Triton loading the model: minutes on a fresh GPU node, hence a bound well above a minute.
     scale_from_zero_hold_seconds: float = Field(
-        default=120.0, ge=0, description="How long a request for a model scaled to zero waits for an endpoint."
+        default=180.0,
+        ge=0,
+        description="How long a request for a model scaled to zero waits for its first ready replica (0: no "
+        "hold, 503 at once).",
+    )
+    scale_from_zero_max_waiting: int = Field(
+        default=100,
+        ge=1,
+        description="Requests held per model (per gateway replica) while it scales from zero; more are 429. "
+        "Each held request keeps its body in memory.",
     )
     retries: int = Field(
         default=2, ge=0, le=10, description="Other endpoints tried when one fails before any byte reached the client."

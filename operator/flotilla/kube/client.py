@@ -20,7 +20,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Event
+from lightkube.resources.core_v1 import Event, Pod
 from lightkube.types import CascadeType, PatchType
 
 from flotilla import telemetry
@@ -106,6 +106,17 @@ class Kube:
                 log.warning("cannot tell whether HTTPRoutes are served: %s", err)
             return False
         return True
+
+    async def running_pods(self, namespace: str, labels: Mapping[str, str]) -> list[tuple[str, str]]:
+        """(name, IP) of the running pods with these labels (the Flotilla gateway's, to read
+        its metrics); pods without an IP yet are left out."""
+        self._count("list", "Pod")
+        out: list[tuple[str, str]] = []
+        async for pod in self.client.list(Pod, namespace=namespace, labels=dict(labels)):
+            status, meta = pod.status, pod.metadata
+            if status is not None and status.phase == "Running" and status.podIP and meta is not None and meta.name:
+                out.append((meta.name, status.podIP))
+        return sorted(out)
 
     async def apply_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> str | None:
         """Server-side apply of the whole status: fields we stop setting are removed. Returns

@@ -12,6 +12,7 @@ from typing import Any
 
 from flotilla.api.v1alpha1 import GROUP, LABEL_ARTIFACT_KEY, LABEL_REVISION, ArtifactSummary
 from flotilla.metrics import Window
+from flotilla.metrics.gateway import Demand
 from flotilla.resources.meta import ANNOTATION_APPLIED_HASH
 
 ANNOTATION_RESULT = f"{GROUP}/result"
@@ -193,6 +194,9 @@ class Observed:
     metrics: Window | None = None  # one look at the serving pods' metrics, or None between looks
     http_route_api: bool = False  # the cluster serves gateway.networking.k8s.io HTTPRoutes
     metrics_error: str | None = None  # the metrics source as a whole failed (e.g. Prometheus down)
+    # The gateway's count of requests for this model, read only while it is at zero (no pods
+    # to read demand from): see scaling.at_zero.
+    gateway_demand: Demand | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobView | None:

@@ -5,6 +5,11 @@ The law sizes the whole model (stable plus canary traffic); during a canary the 
 that count (the canary gets the fewest replicas for its weight, stable the rest), so the
 autoscaler in effect scales the stable revision and leaves the canary's size to the rollout.
 Between looks (no window) the last decision stands.
+
+At zero replicas there are no pods to read: the demand is the Flotilla gateway's count of the
+requests it holds for the model (`Observed.gateway_demand`, read by the controller only then).
+Any count wakes the model; a gateway that could not be read leaves it at zero and says why
+(at zero, unknown demand can only mean staying there).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterable
 from flotilla.api.v1alpha1 import COND_LATENCY, LatencyStatus, RevisionsStatus, ScalingStatus, SmallModel
 from flotilla.autoscale import law
 from flotilla.metrics import Interval, Window
+from flotilla.metrics.gateway import Demand
 from flotilla.rollout.machine import parse_time
 
 from .conditions import Want
@@ -68,13 +74,13 @@ def _latency(interval: Interval | None, window: Window) -> LatencyStatus | None:
     )
 
 
-def _condition(decision: law.Decision, objective: law.Objective) -> Want:
+def _condition(decision: law.Decision, objective: law.Objective, reason: str) -> Want:
     target = f"p{objective.percentile} <= {objective.threshold_ms:g} ms"
     if decision.objective_met is True:
-        return Want(COND_LATENCY, "True", "ObjectiveMet", f"{target}: {decision.reason}")
+        return Want(COND_LATENCY, "True", "ObjectiveMet", f"{target}: {reason}")
     if decision.objective_met is False:
-        return Want(COND_LATENCY, "False", "ObjectiveMissed", f"{target}: {decision.reason}")
-    return Want(COND_LATENCY, "Unknown", "NoMetrics", f"{target}: {decision.reason}")
+        return Want(COND_LATENCY, "False", "ObjectiveMissed", f"{target}: {reason}")
+    return Want(COND_LATENCY, "Unknown", "NoMetrics", f"{target}: {reason}")
 
 
 def _state(previous: ScalingStatus | None) -> tuple[law.LawState, dict[str, float]]:
@@ -85,6 +91,41 @@ def _state(previous: ScalingStatus | None) -> tuple[law.LawState, dict[str, floa
 
 def _wire_state(state: law.LawState, extra: dict[str, float]) -> dict[str, float]:
     return {**{k: float(v) for k, v in state.to_dict().items() if isinstance(v, int | float)}, **extra}
+
+
+def _current(model: SmallModel, observed: Observed) -> int:
+    """The replicas the law starts from: what runs now (without metrics the law holds there), or
+    during a canary (the rollout adds a surge pod) the last decision."""
+    auto = model.spec.autoscaling
+    previous = model.status.scaling
+    revisions = model.status.revisions or RevisionsStatus()
+    deployed = [d.replicas for d in observed.deployments if d.revision == revisions.stable]
+    if deployed and revisions.canary is None:
+        return sum(deployed)
+    return previous.desired_replicas if previous and previous.desired_replicas is not None else auto.min_replicas
+
+
+def at_zero(model: SmallModel, observed: Observed) -> bool:
+    """An autoscaled model that may scale to zero and is there: its demand is the gateway's."""
+    auto = model.spec.autoscaling
+    return (
+        auto.enabled
+        and auto.latency_objective is not None
+        and auto.min_replicas == 0
+        and _current(model, observed) == 0
+    )
+
+
+def _from_gateway(demand: Demand, *, ready: int, starting: int, interval_s: float) -> law.Observation:
+    """The law's input at zero: the gateway's requests as the rate (rate > 0 with 0 replicas wakes)."""
+    seconds = demand.seconds if demand.seconds > 0 else interval_s
+    if demand.requests > 0:  # demand, even if a gateway pod was unreadable (waking is the safe side)
+        rate = demand.requests / seconds
+        return law.Observation(rate, ready, starting, 0, requests=demand.requests, interval_s=seconds)
+    if demand.error is not None:
+        why = f"at zero and the gateway's demand is unknown ({demand.error}): staying at zero until it is read"
+        return law.Observation(None, ready, starting, 0, interval_s=seconds, stale_reason=why)
+    return law.Observation(0.0, ready, starting, 0, requests=0, interval_s=seconds)
 
 
 def decide(model: SmallModel, observed: Observed, now: str, interval_s: float) -> tuple[SmallModel, Want | None]:
@@ -98,12 +139,7 @@ def decide(model: SmallModel, observed: Observed, now: str, interval_s: float) -
     live = [r for r in (revisions.stable, revisions.canary) if r]
     ready = sum(len(observed.serving_pods(r)) for r in live)
     starting = sum(1 for r in live for p in observed.pods_of_revision(r) if not p.ready and not p.terminating)
-    deployed = [d.replicas for d in observed.deployments if d.revision == revisions.stable]
-    if deployed and revisions.canary is None:  # what runs now: without metrics the law holds there
-        # (during a canary the rollout adds a surge pod: the total is the last decision)
-        current = sum(deployed)
-    else:
-        current = previous.desired_replicas if previous and previous.desired_replicas is not None else auto.min_replicas
+    current = _current(model, observed)
     window = observed.metrics
     decided = previous is not None and previous.desired_replicas is not None
     if window is None and observed.metrics_error is None and decided:
@@ -112,9 +148,19 @@ def decide(model: SmallModel, observed: Observed, now: str, interval_s: float) -
     stale = observed.metrics_error
     if stale is None and window is not None and window.errors:
         stale = "metrics failed: " + "; ".join(f"{p}: {e}" for p, e in window.errors.items())
-    obs = law.observation_from_interval(
-        interval, objective, ready=ready, starting=starting, current=current, interval_s=interval_s, stale_reason=stale
-    )
+    demand = observed.gateway_demand if current == 0 else None
+    if demand is not None:
+        obs = _from_gateway(demand, ready=ready, starting=starting, interval_s=interval_s)
+    else:
+        obs = law.observation_from_interval(
+            interval,
+            objective,
+            ready=ready,
+            starting=starting,
+            current=current,
+            interval_s=interval_s,
+            stale_reason=stale,
+        )
     state, extra = _state(previous)
     now_s = parse_time(now) or 0.0
     serving = model.spec.serving
@@ -128,14 +174,17 @@ def decide(model: SmallModel, observed: Observed, now: str, interval_s: float) -
         queue_delay_ms=serving.max_queue_delay_microseconds / 1000,
     )
     if current == 0 and decision.desired > 0:
-        extra[COLD_START_KEY] = now_s  # scale from zero: time it to the first ready pod
+        # Scale from zero: time it to the first ready pod, from the first look that woke it (a
+        # look before the scale shows in the Deployment still sees 0 and must not restart it).
+        extra.setdefault(COLD_START_KEY, now_s)
     cold_start = previous.cold_start_seconds if previous else None
     if COLD_START_KEY in extra and ready > 0:
         cold_start = round(now_s - extra.pop(COLD_START_KEY), 1)
     changed = previous is None or previous.desired_replicas != decision.desired
+    reason = decision.reason if demand is None else f"{decision.reason} ({demand.describe()})"
     scaling = ScalingStatus(
         desired_replicas=decision.desired,
-        reason=decision.reason[:1024],
+        reason=reason[:1024],
         last_scale_time=now if changed else (previous.last_scale_time if previous else None),
         cold_start_seconds=cold_start,
         state=_wire_state(decision.state, extra),
@@ -143,4 +192,6 @@ def decide(model: SmallModel, observed: Observed, now: str, interval_s: float) -
     update = {"scaling": scaling}
     if window is not None and (latency := _latency(interval, window)) is not None:
         update["latency"] = latency  # type: ignore[assignment]
-    return model.model_copy(update={"status": model.status.model_copy(update=update)}), _condition(decision, objective)
+    return model.model_copy(update={"status": model.status.model_copy(update=update)}), _condition(
+        decision, objective, reason
+    )

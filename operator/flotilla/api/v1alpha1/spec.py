@@ -176,8 +176,10 @@ class AutoscalingSpec(ApiModel):
         default=1,
         ge=0,
         le=1000,
-        description="Fewest replicas while autoscaling (at least 1 while enabled: scale to zero needs a "
-        "front door that holds requests while a replica starts).",
+        description="Fewest replicas while autoscaling. 0 scales the model to zero after scaleDownDelaySeconds "
+        "without requests; a request then wakes it, and only requests through the Flotilla gateway are held "
+        "while the first replica starts (the gateway's count is the only demand a model without pods has). "
+        "Clients of the model's Service get connection failures while it is at zero.",
     )
     max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas while autoscaling.")
     latency_objective: LatencyObjective | None = Field(
@@ -187,7 +189,8 @@ class AutoscalingSpec(ApiModel):
         default=300,
         ge=0,
         le=86_400,
-        description="How long the desired count must stay lower before replicas are removed.",
+        description="How long the desired count must stay lower before replicas are removed (with "
+        "minReplicas 0: how long without requests before the model goes to zero).",
     )
 
     cel_rules = (
@@ -196,19 +199,12 @@ class AutoscalingSpec(ApiModel):
             "!self.enabled || has(self.latencyObjective)",
             "autoscaling.latencyObjective is required when autoscaling is enabled",
         ),
-        (
-            "!self.enabled || self.minReplicas >= 1",
-            "autoscaling.minReplicas 0 (scale to zero) is not supported yet: nothing would hold a request "
-            "while the first replica starts, so the model could not come back on traffic",
-        ),
     )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError(self.cel_rules[0][1])
-        if self.enabled and self.min_replicas < 1:
-            raise ValueError(self.cel_rules[2][1])
         return self
 
 

@@ -3,6 +3,8 @@
 Both sources return one PodReading per readable target (a pod with an IP): counters, or the
 reason there are none. `ScrapeSource` reads each pod's Triton metrics endpoint;
 `PrometheusSource` asks Prometheus for the same counters. Either feeds a `Sampler`.
+`GatewaySource` reads the Flotilla gateway's pods: requests held for models scaled to zero
+(flotilla.metrics.gateway), the only demand a model without pods has.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Protocol
 
 from flotilla.metrics.types import PodReading, PodTarget
 
+from .gateway import GatewaySource
 from .prometheus import PrometheusError, PrometheusSource
 from .scrape import ScrapeSource, scrape
 
@@ -22,4 +25,4 @@ class MetricsSource(Protocol):
         ...
 
 
-__all__ = ["MetricsSource", "PrometheusError", "PrometheusSource", "ScrapeSource", "scrape"]
+__all__ = ["GatewaySource", "MetricsSource", "PrometheusError", "PrometheusSource", "ScrapeSource", "scrape"]
