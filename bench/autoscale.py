@@ -45,7 +45,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -590,8 +590,11 @@ class Ours(Policy):
     name = "ours"
     period = 10.0
 
-    def __init__(self, objective: Objective, bounds: Bounds, cfg: SimConfig, law: LawConfig) -> None:
+    def __init__(
+        self, objective: Objective, bounds: Bounds, cfg: SimConfig, law: LawConfig, period: float = 10.0
+    ) -> None:
         self.objective, self.bounds, self.cfg, self.law = objective, bounds, cfg, law
+        self.period = period
         self.sampler = Sampler()
         self.state: dict[str, Any] = LawState().to_dict()  # persisted as the operator does
         self.reasons: list[str] = []
@@ -823,7 +826,7 @@ def benchmark(args: argparse.Namespace, data: ServiceData) -> list[dict[str, Any
                     max_replicas=args.max_replicas, record_from=0.0)  # fmt: skip
     objective = Objective(args.percentile, args.threshold_ms)
     bounds = Bounds(1, args.max_replicas, args.scale_down_delay_s)
-    law = LawConfig(lead_s=float(np.median(data.cold_start_s)) + 15.0)
+    law = replace(LawConfig(lead_s=float(np.median(data.cold_start_s)) + 15.0), **law_overrides(args.law))
     cap = per_replica_capacity(data, cfg, objective, args.capacity_seconds, args.seed)
     progress(f"per-replica capacity at the objective: {cap:.1f}/s")
     lead = max(data.cold_start_s) + 1.0
@@ -846,11 +849,13 @@ def benchmark(args: argparse.Namespace, data: ServiceData) -> list[dict[str, Any
         initial = max(1, math.ceil(rates[0] / cap))
         policies: list[Policy] = [
             Oracle(rates, cap, lead),
-            Ours(objective, bounds, cfg, law),
+            Ours(objective, bounds, cfg, law, period=args.interval_s),
             HpaCpu(0.70),
             KedaQueue(keda_target),
             LlmD(args.threshold_ms),
         ]
+        policies = [p for p in policies if p.name in {"oracle", "ours"} or args.policies in ("all", None)
+                    or p.name in args.policies.split(",")]  # fmt: skip
         lines: dict[str, dict[str, Any]] = {}
         for pol in policies:
             t0 = time.monotonic()
@@ -867,7 +872,7 @@ def benchmark(args: argparse.Namespace, data: ServiceData) -> list[dict[str, Any
         ours, oracle = lines["ours"], lines["oracle"]
         ratio = ours["replica_seconds"] / oracle["replica_seconds"]
         beats = {}
-        for name in ("hpa-cpu", "keda-queue", "llm-d-slo"):
+        for name in [n for n in ("hpa-cpu", "keda-queue", "llm-d-slo") if n in lines]:
             b = lines[name]
             better_a = ours["slo_attainment"] > b["slo_attainment"]
             better_r = ours["replica_seconds"] < b["replica_seconds"]
@@ -883,6 +888,18 @@ def benchmark(args: argparse.Namespace, data: ServiceData) -> list[dict[str, Any
         }  # fmt: skip
         out.append(summary)
         print(json.dumps(summary), flush=True)
+    return out
+
+
+def law_overrides(pairs: Sequence[str]) -> dict[str, float]:
+    """--law name=value pairs -> LawConfig fields (for trying the law's tuning; the defaults are what ships)."""
+    known = {f.name for f in fields(LawConfig)}
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in known:
+            raise SystemExit(f"--law {pair}: LawConfig has no field {name!r} (fields: {', '.join(sorted(known))})")
+        out[name] = float(value)
     return out
 
 
@@ -902,6 +919,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--trace", type=Path, default=None, help="CSV of seconds,requests_per_second (replaces built-ins)")
     p.add_argument("--traces", default="steady,diurnal,spike,bursty")
     p.add_argument("--length", type=float, default=1.0, help="scale the built-in traces' durations")
+    p.add_argument("--law", action="append", default=[], metavar="NAME=VALUE", help="override a LawConfig field")
+    p.add_argument("--interval-s", type=float, default=10.0, help="our metrics interval (the operator's default)")
+    p.add_argument("--policies", default="all", help="baselines to run besides ours and the oracle (comma list)")
     p.add_argument("--percentile", type=int, default=99)
     p.add_argument("--threshold-ms", type=float, default=100.0)
     p.add_argument("--scale-down-delay-s", type=float, default=60.0)

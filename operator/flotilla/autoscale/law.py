@@ -399,6 +399,8 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
         hold = max(current, state.last_desired or 0) if current > 0 else current
         why = obs.stale_reason or "no metrics"
         st = replace(state, headroom_since=None, zero_since=None)
+        if current == 0:
+            return done(0, f"staying at zero: {why}", st, "hold")
         return done(hold, f"holding {hold} replicas: {why}; never scaling down without metrics", st, "hold")
 
     served_rate = max(0.0, obs.rate_rps)
@@ -406,14 +408,17 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
     st = _learn_service(state, obs, cfg, max_batch)
     rate, backlog = demand_estimate(obs, state, limit, cfg)
     st = replace(st, last_queue_ms=obs.queue_ms)
-    # Rising-demand trend (per second), smoothed; forecast one lead time ahead. Not from a
-    # partial interval (a pod that just became ready has no baseline yet: the rate is low).
-    if state.last_rate is not None and obs.interval_s > 0 and not partial:
+    # Rising-demand trend (per second), smoothed; forecast one lead time ahead. A partial
+    # interval (a pod that just became ready has no baseline yet) undercounts the rate: its
+    # rise is a lower bound, so it may raise the trend but never lower it. Skipping those
+    # intervals altogether left the trend flat through a ramp, where every interval has a new pod.
+    if state.last_rate is not None and obs.interval_s > 0:
         # A rise within three standard deviations of Poisson counting noise is no trend.
         noise = 3 * math.sqrt(2 * max(rate, state.last_rate, 1e-9) / obs.interval_s)
         rise = rate - state.last_rate
         slope = math.copysign(max(0.0, abs(rise) - noise), rise) / obs.interval_s
-        st = replace(st, trend=(1 - cfg.trend_alpha) * state.trend + cfg.trend_alpha * slope)
+        trend = (1 - cfg.trend_alpha) * state.trend + cfg.trend_alpha * slope
+        st = replace(st, trend=max(trend, state.trend) if partial else trend)
     # Within counting noise of its one-minute average, plan on the average (steadier).
     base = rate
     noise_band = 2 * math.sqrt(max(state.rate_avg or 0.0, 1e-9) / max(obs.interval_s, 1e-9))
