@@ -53,6 +53,7 @@ import numpy as np
 
 from flotilla.autoscale import Bounds, LawConfig, LawState, Objective, decide, observation_from_interval
 from flotilla.autoscale.queueing import erlang_c, mmc_mean_wait
+from flotilla.config import OperatorConfig
 from flotilla.metrics.sampler import Sampler
 from flotilla.metrics.types import PodCounters, PodReading
 
@@ -343,6 +344,7 @@ class Result:
 
 
 ARRIVE, DONE, TIMER, READY, TICK = 0, 1, 2, 3, 4
+OPERATOR_INTERVAL_S = float(OperatorConfig.model_fields["metrics_interval_seconds"].default)
 
 
 class Sim:
@@ -920,7 +922,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--traces", default="steady,diurnal,spike,bursty")
     p.add_argument("--length", type=float, default=1.0, help="scale the built-in traces' durations")
     p.add_argument("--law", action="append", default=[], metavar="NAME=VALUE", help="override a LawConfig field")
-    p.add_argument("--interval-s", type=float, default=10.0, help="our metrics interval (the operator's default)")
+    p.add_argument(
+        "--interval-s", type=float, default=OPERATOR_INTERVAL_S, help="our metrics interval (default: the operator's)"
+    )
     p.add_argument("--policies", default="all", help="baselines to run besides ours and the oracle (comma list)")
     p.add_argument("--percentile", type=int, default=99)
     p.add_argument("--threshold-ms", type=float, default=100.0)
