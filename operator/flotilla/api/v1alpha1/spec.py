@@ -167,7 +167,13 @@ class ServingSpec(ApiModel):
 
 class LatencyObjective(ApiModel):
     percentile: Literal[50, 90, 95, 99] = Field(default=95, description="Which latency percentile to hold.")
-    threshold_ms: int = Field(ge=1, le=600_000, description="Target for that percentile, in milliseconds.")
+    threshold_ms: int = Field(
+        ge=1,
+        le=600_000,
+        description="Target for that percentile, in milliseconds, of request latency as Triton measures it "
+        "inside the serving pods (queue plus compute, its request-latency summary); network hops and the "
+        "gateway are not included.",
+    )
 
 
 class AutoscalingSpec(ApiModel):
