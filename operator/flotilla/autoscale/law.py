@@ -570,7 +570,8 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
         return done(current, why, st, "hold", predict_ms(svc, rate, current, q, k))
 
     st = replace(st, headroom_since=None)
-    unreachable = "" if reachable else f" (objective not reachable within {bounds.max_replicas})"
+    out_of_reach = not reachable and predict_ms(svc, rate, current, q, k) > limit
+    unreachable = f" (objective not reachable within {bounds.max_replicas})" if out_of_reach else ""
     if obs.stale_reason is not None:
         why = f"{head}: {said(current, rate)}{unreachable}; holding {current} ({obs.stale_reason})"
     else:
