@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -99,3 +100,73 @@ def test_streaming_and_embeddings_through_the_gateway(gateway: str) -> None:
     assert "Paris" in text and chunks[-1].usage is not None
     emb = client.embeddings.create(model="embed", input=["a cat", "a dog"])
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384 and emb.usage.prompt_tokens > 0
+
+
+# A prompt the 135M model does not end early (it rambles on past 256 tokens, greedily).
+LONG_PROMPT = "Write a very long story, in many chapters, about a dragon who learns to bake bread."
+LONG_TOKENS = 256
+
+
+def chat_stats(triton: local.LocalTriton) -> tuple[int, int]:
+    """(executions, compute_infer ns) of the chat model, from Triton's statistics extension."""
+    status, body = triton.request("GET", "/v2/models/chat/stats")
+    assert status == 200, body
+    stats = body["model_stats"][0]
+    return int(stats["execution_count"]), int(stats["inference_stats"]["compute_infer"]["ns"])
+
+
+def wait_executions(triton: local.LocalTriton, at_least: int, deadline_s: float = 600) -> tuple[int, int]:
+    """The python backend reports an execution when `execute` returns, after the client has its
+    last response (docs/serving-protocol.md): wait for it. The deadline only keeps a broken run
+    from hanging; nothing is judged on time."""
+    end = time.monotonic() + deadline_s
+    while True:
+        found = chat_stats(triton)
+        if found[0] >= at_least or time.monotonic() > end:
+            return found
+        time.sleep(0.2)
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_upstream_slot(gateway: str, triton: local.LocalTriton) -> None:
+    """The client closes a 256-token stream after a few chunks; the gateway drops its upstream
+    connection, Triton cancels the request and the model's decode loop stops for it
+    (`_drop_cancelled`). Proven by the execution's compute time in Triton's statistics, as a
+    ratio against the same 256-token stream read to its end in the same run: the full answer's
+    execution decodes 256 steps, the abandoned one only until the model sees the cancellation
+    (every 8 steps). Without the cancellation reaching the model the ratio is ~1."""
+    client = openai.OpenAI(base_url=gateway, api_key="none", max_retries=0, timeout=300)
+    messages: Any = [{"role": "user", "content": LONG_PROMPT}]
+    executions, compute = wait_executions(triton, 0)
+
+    full = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=LONG_TOKENS, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(full)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["length"], f"the full answer must run to max_tokens for the comparison: {finish}"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == LONG_TOKENS
+    executions, after = wait_executions(triton, executions + 1)
+    full_ns, compute = after - compute, after
+
+    left = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=LONG_TOKENS, temperature=0, stream=True
+    )
+    read = 0
+    for chunk in left:
+        read += bool(chunk.choices and chunk.choices[0].delta.content)
+        if read == 3:
+            break
+    left.close()  # the client leaves mid-stream
+    assert read == 3
+    executions, after = wait_executions(triton, executions + 1)
+    left_ns = after - compute
+
+    # The slot is free again: a request after it is answered (it would queue behind a runaway).
+    answer = client.chat.completions.create(model="chat", messages=messages, max_tokens=4, temperature=0)
+    assert answer.choices[0].finish_reason == "length"
+    print(f"abandoned/full compute_infer: {left_ns / full_ns:.3f} ({left_ns / 1e6:.0f} / {full_ns / 1e6:.0f} ms)")
+    assert left_ns < 0.5 * full_ns, (
+        f"the abandoned stream's execution took {left_ns / full_ns:.2f} of a full 256-token one: "
+        "the cancellation did not reach the model"
+    )
