@@ -99,6 +99,10 @@ class LawConfig:
     saturated_util: float = 0.9  # at this utilization completed requests understate demand
     backlog_fraction: float = 0.25  # mean queue time above this share of the threshold: a backlog
     drain_s: float = 20.0  # plan capacity to work a backlog off within this long
+    # The smoothing weights and the fit's decay above are per interval of this length; at other
+    # intervals they are rescaled so that memories last as many seconds (a 5 s interval must not
+    # make the correction twice as jumpy as a 10 s one).
+    reference_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,17 @@ def observation_from_interval(
 # ---------------------------------------------------------------- pieces
 
 
+def per_reference(interval_s: float, cfg: LawConfig) -> float:
+    """How many reference intervals one interval of `interval_s` is."""
+    return max(interval_s, 1e-9) / cfg.reference_interval_s
+
+
+def smoothing(alpha: float, interval_s: float, cfg: LawConfig) -> float:
+    """The weight of the newest value for an interval of `interval_s`, given `alpha` per reference
+    interval: the same time constant whatever the interval."""
+    return 1 - (1 - alpha) ** per_reference(interval_s, cfg)
+
+
 def service_model(state: LawState, max_batch: int, queue_delay_ms: float, cfg: LawConfig) -> BatchService | None:
     """s(b) = s0 + s1*b from the regression when b has spread, else the fixed-share prior."""
     if state.service_ms <= 0:
@@ -293,7 +308,7 @@ def _learn_service(state: LawState, obs: Observation, cfg: LawConfig, max_batch:
     if s is None or b is None or s <= 0 or obs.requests <= 0:
         return state
     b = request_weighted_batch(b, max_batch)
-    d = cfg.fit_decay
+    d = cfg.fit_decay ** per_reference(obs.interval_s, cfg)
     w = min(1.0, obs.requests / 100)  # an interval of few requests says little
     return replace(
         state,
@@ -417,7 +432,8 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
         noise = 3 * math.sqrt(2 * max(rate, state.last_rate, 1e-9) / obs.interval_s)
         rise = rate - state.last_rate
         slope = math.copysign(max(0.0, abs(rise) - noise), rise) / obs.interval_s
-        trend = (1 - cfg.trend_alpha) * state.trend + cfg.trend_alpha * slope
+        a_trend = smoothing(cfg.trend_alpha, obs.interval_s, cfg)
+        trend = (1 - a_trend) * state.trend + a_trend * slope
         st = replace(st, trend=max(trend, state.trend) if partial else trend)
     # Within counting noise of its one-minute average, plan on the average (steadier).
     base = rate
@@ -428,8 +444,12 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
     if state.last_rate is not None and not partial:
         rise = max(0.0, rate - state.last_rate)
         noise_var = 2 * max(rate, state.last_rate) / max(obs.interval_s, 1e-9)  # of a difference of counts
-        sq = max(0.0, rise * rise - noise_var)
-        st = replace(st, rise_var=(1 - cfg.burst_alpha) * state.rise_var + cfg.burst_alpha * sq)
+        # Under counting noise alone the positive part of a rise has a mean square of half the
+        # noise variance: subtract that on average, not per interval (clipping each interval
+        # at zero left a standing headroom of pure noise, twice as large at half the interval).
+        sq = rise * rise - 0.5 * noise_var
+        a_burst = smoothing(cfg.burst_alpha, obs.interval_s, cfg)
+        st = replace(st, rise_var=max(0.0, (1 - a_burst) * state.rise_var + a_burst * sq))
     steps_ahead = max(1.0, cfg.lead_s / max(obs.interval_s, 1e-9))
     burst = cfg.burst_z * math.sqrt(st.rise_var * steps_ahead)
     plan_rate = base + min(cfg.max_forecast * base, max(max(0.0, st.trend) * cfg.lead_s, burst))
@@ -480,7 +500,8 @@ def decide(  # noqa: PLR0912, PLR0915 - one readable sequence of rules
         and raw_now > 0
     ):
         ratio = min(cfg.correction_max, max(cfg.correction_min, obs.observed_pct_ms / raw_now))
-        log_k = (1 - cfg.correction_alpha) * math.log(st.correction) + cfg.correction_alpha * math.log(ratio)
+        a_k = smoothing(cfg.correction_alpha, obs.interval_s, cfg)
+        log_k = (1 - a_k) * math.log(st.correction) + a_k * math.log(ratio)
         st = replace(st, correction=min(cfg.correction_max, max(cfg.correction_min, math.exp(log_k))))
     st = replace(st, last_rate=rate)
     k = st.correction
