@@ -240,7 +240,7 @@ def per_reference(interval_s: float, cfg: LawConfig) -> float:
 def smoothing(alpha: float, interval_s: float, cfg: LawConfig) -> float:
     """The weight of the newest value for an interval of `interval_s`, given `alpha` per reference
     interval: the same time constant whatever the interval."""
-    return 1 - (1 - alpha) ** per_reference(interval_s, cfg)
+    return 1.0 - float((1.0 - alpha) ** per_reference(interval_s, cfg))
 
 
 def service_model(state: LawState, max_batch: int, queue_delay_ms: float, cfg: LawConfig) -> BatchService | None:
