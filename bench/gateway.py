@@ -217,15 +217,21 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-async def open_loop(url: str, body: bytes, rate: float, seconds: float, seed: int, first_event: bool = False) -> Result:
-    """`first_event`: latency to the first SSE event (time to first token) instead of the end."""
+def poisson_schedule(rate: float, seconds: float, seed: int) -> list[float]:
+    """Arrival times (s from the start) of a Poisson process at `rate` over `seconds`, drawn up front."""
     rng = random.Random(seed)
-    times, t = [], 0.0
+    times: list[float] = []
+    t = 0.0
     while True:
         t += rng.expovariate(rate)
         if t >= seconds:
-            break
+            return times
         times.append(t)
+
+
+async def open_loop(url: str, body: bytes, rate: float, seconds: float, seed: int, first_event: bool = False) -> Result:
+    """`first_event`: latency to the first SSE event (time to first token) instead of the end."""
+    times = poisson_schedule(rate, seconds, seed)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     latencies: list[float] = []
     lateness: list[float] = []
@@ -444,13 +450,7 @@ class Legs:
 async def open_loop_interleaved(targets: Sequence[tuple[str, bytes]], rate: float, seconds: float, seed: int) -> Legs:
     """One Poisson schedule at `rate`; arrival i goes to target i mod len(targets). Latency from
     the scheduled time to the last byte (no coordinated omission)."""
-    rng = random.Random(seed)
-    times, t = [], 0.0
-    while True:
-        t += rng.expovariate(rate)
-        if t >= seconds:
-            break
-        times.append(t)
+    times = poisson_schedule(rate, seconds, seed)
     n = len(targets)
     legs = Legs([[] for _ in targets], [0] * n, [0] * n, 0.0)
     lateness: list[float] = []

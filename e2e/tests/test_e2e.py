@@ -12,7 +12,6 @@ The tests of this module run in order and share one model (`chat`), as a user wo
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
 import time
@@ -239,11 +238,6 @@ class OpenLoad(threading.Thread):
             self._busy_area += self._in_flight * (now - self._last)
             self._last, self._in_flight = now, self._in_flight + delta
 
-    def p95_ms_sent_after(self, since: float) -> tuple[float, int]:
-        """The p95 (ms) of the requests sent after `since` (monotonic) that finished, and how many."""
-        took = sorted(seconds for done, seconds in self.latencies if done - seconds >= since)
-        return (took[int(0.95 * (len(took) - 1))] * 1000 if took else math.inf), len(took)
-
     def mean_in_flight(self) -> float:
         self._count(0)
         return self._busy_area / max(self._last - self._t0, 1e-9)
@@ -284,8 +278,13 @@ class OpenLoad(threading.Thread):
         self.stop_flag.set()
         self.join(timeout=150)
 
-    def p95(self, since: float = 0.0) -> float:
-        values = sorted(d for t, d in self.latencies if t >= since)
+    def since(self, at: float, *, sent: bool = False) -> list[float]:
+        """Latencies (s) of the requests that finished at or after `at` (monotonic), or with
+        `sent`, that were sent at or after it."""
+        return [d for done, d in self.latencies if (done - d if sent else done) >= at]
+
+    def p95(self, since: float = 0.0, *, sent: bool = False) -> float:
+        values = sorted(self.since(since, sent=sent))
         return values[int(0.95 * (len(values) - 1))] if values else float("nan")
 
 
@@ -457,7 +456,7 @@ def test_autoscaling_holds_the_objective_on_the_real_server(stack: Stack) -> Non
         wait_condition(stack, "LatencyObjectiveMet", "True", timeout=60)
         recovered = time.monotonic() - stepped
         p95_status = float(stack.status()["latency"]["p95Ms"])
-        p95_clients, seen = load.p95_ms_sent_after(two_ready + 10)
+        seen, p95_clients = len(load.since(two_ready + 10, sent=True)), load.p95(two_ready + 10, sent=True) * 1000
         assert seen >= 30, f"only {seen} requests after both replicas were ready"
         calm = time.monotonic()
         load.set_rate(0.2 * rate)
