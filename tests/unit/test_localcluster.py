@@ -316,13 +316,23 @@ def test_kwok_manages_only_annotated_nodes(tmp_path: Path) -> None:
 
 def test_stages_are_complete_and_pod_complete_has_the_manual_opt_out(tmp_path: Path) -> None:
     stages = {d["metadata"]["name"]: d for d in _rendered(tmp_path)[2:]}  # type: ignore[index]
-    assert set(stages) == {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-complete", "pod-delete"}
+    failures = {f"flotilla-{f}" for f in ("image-pull-backoff", "crash-loop", "oom-killed", "missing-secret")}
+    upstream = {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-complete", "pod-delete"}
+    assert set(stages) == upstream | failures
     expressions = stages["pod-complete"]["spec"]["selector"]["matchExpressions"]  # type: ignore[index]
     assert {
         "key": '.metadata.labels["kwok.flotilla.dev/complete"]',
         "operator": "NotIn",
         "values": ["manual"],
     } in expressions
+    # pod-ready skips exactly the images the failure stages take, so no pod matches both.
+    ready = stages["pod-ready"]["spec"]["selector"]["matchExpressions"]  # type: ignore[index]
+    skipped = next(e["values"] for e in ready if e["key"] == ".spec.containers.[].image")
+    taken = [
+        next(e["values"] for e in stages[f]["spec"]["selector"]["matchExpressions"] if "image" in e["key"])  # type: ignore[index]
+        for f in sorted(failures)
+    ]
+    assert sorted(skipped) == sorted(v for values in taken for v in values)
 
 
 # ---------------------------------------------------------------- faults at bring-up

@@ -142,9 +142,11 @@ def test_failed_job_without_summary_uses_the_pod_state() -> None:
     obs = observed(job_object(m, failed=True), job_pod_object(m, message=None, exit_code=137, reason="OOMKilled"))
     p = plan(m, obs, context())
     status, reason = cond(p, "Optimized")
-    assert (status, reason) == ("False", "OptimizerError")
+    assert (status, reason) == ("False", "OOMKilled")
     message = p.status.condition("Optimized").message  # type: ignore[union-attr]
     assert "OOMKilled" in message and "137" in message
+    obs = observed(job_object(m, failed=True), job_pod_object(m, message=None, exit_code=1, reason="Error"))
+    assert cond(plan(m, obs, context()), "Optimized") == ("False", "OptimizerError")
 
 
 def test_failed_update_keeps_the_stable_revision_serving() -> None:

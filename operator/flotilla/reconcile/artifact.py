@@ -8,7 +8,7 @@ from flotilla.api.v1alpha1 import ArtifactStatus, ArtifactSummary, SmallModel
 from flotilla.api.v1alpha1.artifact import Accuracy, Speedup
 from flotilla.resources.meta import job_name
 
-from .observed import JobView, Observed, PodView, parse_summary
+from .observed import JobView, Observed, PodProblem, PodView, parse_summary
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Ready:
 class Building:
     job: str
     exists: bool  # False: the planner must create the Job
-    unschedulable: str | None
+    problem: PodProblem | None  # why its pod does not run (unschedulable, image pull, OOMKilled, ...)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,17 @@ def _from_finished_job(job: JobView, key: str, pods: list[PodView]) -> ArtifactS
         message = f"Job {job.name} failed ({job.failure_reason}: {job.failure_message})"
         if detail := _pod_failure_detail(pods):
             message += f"; {detail}"
-    return Failed(ArtifactSummary(ok=False, key=key, reason="OptimizerError", message=message), job.name, True)
+    reason = "OOMKilled" if any(p.oom_killed for p in pods) else "OptimizerError"
+    return Failed(ArtifactSummary(ok=False, key=key, reason=reason, message=message), job.name, True)
+
+
+def _job_problem(pods: list[PodView]) -> PodProblem | None:
+    """A live pod's problem first; else a failed attempt's OOM kill, which the Job's retry repeats."""
+    live = [p for p in pods if p.phase not in ("Failed", "Succeeded")]
+    problem = next((p.problem for p in live if p.problem), None)
+    if problem is None:
+        problem = next((p.problem for p in pods if p.oom_killed and p.problem), None)
+    return problem
 
 
 def _from_status(model: SmallModel, key: str) -> ArtifactSummary | None:
@@ -92,11 +102,10 @@ def artifact_state(model: SmallModel, key: str, observed: Observed) -> ArtifactS
     if job is not None and (job.complete or job.failed):
         return _from_finished_job(job, key, observed.pods_of_job(name))
     if job is not None:
-        waiting = next((p.unschedulable for p in observed.pods_of_job(name) if p.unschedulable), None)
-        return Building(name, exists=True, unschedulable=waiting)
+        return Building(name, exists=True, problem=_job_problem(observed.pods_of_job(name)))
     if (recorded := _from_status(model, key)) is not None:
         return Ready(recorded, name, False)
-    return Building(name, exists=False, unschedulable=None)
+    return Building(name, exists=False, problem=None)
 
 
 def _rounded(values: dict[str, float | None], digits: int) -> dict[str, float | None]:

@@ -90,6 +90,47 @@ class JobView:
         )
 
 
+# Container waiting reasons the kubelet keeps retrying but that need a person: a wrong image
+# or registry credentials, a container that exits at start, a missing Secret or ConfigMap.
+WAITING_FAILURES = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def _last_exit(last: Mapping[str, Any], restarts: int) -> str:
+    said = f"exit code {last.get('exitCode')} ({last.get('reason') or 'terminated'}"
+    said += f", {restarts} restarts)" if restarts else ")"
+    message = str(last.get("message") or "").strip()
+    return f"{said}: {message[-500:]}" if message else said
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a pod does not run, in the kubelet's or scheduler's words (a condition's reason and message)."""
+
+    reason: str
+    message: str
+
+
+def _container_state(status: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any], int]:
+    """The first container that is not running well: its waiting state, its last termination, restarts."""
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        last = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+        if waiting.get("reason") in WAITING_FAILURES or last.get("reason") == "OOMKilled":
+            return waiting, last, int(cs.get("restartCount") or 0)
+    return {}, {}, 0
+
+
 @dataclass(frozen=True)
 class PodView:
     name: str
@@ -104,6 +145,10 @@ class PodView:
     ip: str | None = None
     node: str | None = None
     terminating: bool = False
+    waiting_reason: str | None = None  # a container stuck in WAITING_FAILURES, e.g. ImagePullBackOff
+    waiting_message: str | None = None
+    last_exit: str | None = None  # that container's last termination: "exit code 1 (Error): <message>"
+    oom_killed: bool = False  # that container was last killed for exceeding its memory limit
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> PodView:
@@ -118,6 +163,7 @@ class PodView:
             if terminated:
                 break
         labels = _labels(obj)
+        waiting, last, restarts = _container_state(status)
         return cls(
             name=_meta(obj).get("name", ""),
             job_name=labels.get(JOB_NAME_LABEL) or labels.get("job-name"),
@@ -131,7 +177,23 @@ class PodView:
             ip=status.get("podIP") or None,
             node=(obj.get("spec") or {}).get("nodeName") or None,
             terminating=bool(_meta(obj).get("deletionTimestamp")),
+            waiting_reason=waiting.get("reason"),
+            waiting_message=waiting.get("message"),
+            last_exit=_last_exit(last, restarts) if last else None,
+            oom_killed=last.get("reason") == "OOMKilled",
         )
+
+    @property
+    def problem(self) -> PodProblem | None:
+        """What keeps this pod from running that the kubelet will not fix by itself, if anything."""
+        if self.unschedulable:
+            return PodProblem("Unschedulable", self.unschedulable)
+        if self.oom_killed:
+            return PodProblem("OOMKilled", f"pod {self.name}: killed for exceeding its memory limit ({self.last_exit})")
+        if self.waiting_reason:
+            said = f"pod {self.name}: {self.waiting_reason}: {self.waiting_message or 'no message'}"
+            return PodProblem(self.waiting_reason, f"{said}; last {self.last_exit}" if self.last_exit else said)
+        return None
 
     @property
     def serving(self) -> bool:

@@ -325,10 +325,9 @@ def _optimized(state: ArtifactState) -> Want:
         return Want(COND_OPTIMIZED, "True", "ArtifactReady", describe(state.summary))
     if isinstance(state, Failed):
         return Want(COND_OPTIMIZED, "False", state.summary.reason or "OptimizerError", state.summary.message)
-    if state.unschedulable:
-        return Want(
-            COND_OPTIMIZED, "False", "Unschedulable", f"Job {state.job} cannot be scheduled: {state.unschedulable}"
-        )
+    if state.problem is not None:
+        what = "cannot be scheduled" if state.problem.reason == "Unschedulable" else "does not run"
+        return Want(COND_OPTIMIZED, "False", state.problem.reason, f"Job {state.job} {what}: {state.problem.message}")
     return Want(COND_OPTIMIZED, "False", "Optimizing", f"Job {state.job} is optimizing the model")
 
 
@@ -347,9 +346,10 @@ def _ready(model: SmallModel, revision: str, state: ArtifactState, result: _Serv
     last = result.revisions.last_rollback
     if result.canary is None and last is not None and last.revision == revision and result.stable != revision:
         return Want(COND_READY, "False", "RolledBack", f"revision {revision} was rolled back: {last.reason}{keeps}")
-    waiting = next((p.unschedulable for p in observed.pods_of_revision(revision) if p.unschedulable), None)
-    if waiting:
-        return Want(COND_READY, "False", "Unschedulable", f"revision {revision} cannot be scheduled: {waiting}{keeps}")
+    problem = next((p.problem for p in observed.pods_of_revision(revision) if p.problem and not p.terminating), None)
+    if problem is not None:
+        what = "cannot be scheduled" if problem.reason == "Unschedulable" else "does not run"
+        return Want(COND_READY, "False", problem.reason, f"revision {revision} {what}: {problem.message}{keeps}")
     if result.canary == revision and result.rollout is not None:
         weight = result.revisions.canary_weight or 0
         message = f"canary {revision} at {weight}%: {result.rollout.condition_message}{keeps}"

@@ -27,6 +27,7 @@ FailureReason = Literal[
     "UnsupportedModel",
     "InvalidArguments",
     "OutOfDisk",
+    "OOMKilled",  # set by the operator from the pod's state: the optimizer cannot report it
     "OptimizerError",
 ]
 
