@@ -61,6 +61,15 @@ class OperatorConfig(BaseModel):
     # loaded at once for interleaved timing); 8Gi left no headroom under a cgroup limit.
     optimizer_memory: str = Field(default="12Gi", description="Memory request (and limit) of the optimization Job.")
     optimizer_deadline_seconds: int = Field(default=7200, ge=60, description="activeDeadlineSeconds of the Job.")
+    max_concurrent_optimizations: int = Field(
+        # An optimizer image bump changes every model's artifact key at once; without a cap
+        # every model would start a Job (each asks for optimizer_memory) in the same minute.
+        default=4,
+        ge=0,
+        le=1000,
+        description="Optimization Jobs running at once across the namespaces this operator watches; a model "
+        "past the cap waits with Optimized=False/Queued until one finishes. 0: no cap.",
+    )
     hf_offline: bool = Field(default=False, description="Set HF_HUB_OFFLINE=1 in optimization Jobs.")
     reuse_exports: bool = Field(
         default=True,

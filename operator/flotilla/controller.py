@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flotilla import telemetry
-from flotilla.api.v1alpha1 import ArtifactSummary, SmallModel, SmallModelStatus
+from flotilla.api.v1alpha1 import ArtifactSummary, SmallModel, SmallModelStatus, artifact_key
 from flotilla.config import OperatorConfig
 from flotilla.executor import execute
 from flotilla.kube import Kube
@@ -22,6 +22,7 @@ from flotilla.metrics.gateway import Demand, DemandSampler, GatewayTarget
 from flotilla.metrics.sampler import Sampler
 from flotilla.metrics.sources import GatewaySource, MetricsSource, PrometheusSource, ScrapeSource
 from flotilla.reconcile import Context, Observed, Plan, plan
+from flotilla.reconcile.artifact import Building, artifact_state
 from flotilla.reconcile.plan import needs_metrics
 from flotilla.reconcile.scaling import at_zero
 
@@ -67,6 +68,7 @@ def cpu_threads(model: SmallModel) -> int:
 
 
 HTTP_ROUTE_RECHECK_SECONDS = 60.0
+JOB_INDEX_GRACE_SECONDS = 30.0  # a created Job is in the watch's index well within this
 
 
 def _version(resource_version: str) -> int:
@@ -105,6 +107,11 @@ class Controller:
         )
         self._http_route: tuple[float, bool] | None = None  # (checked at, served)
         self._demand: dict[Key, DemandSampler] = {}  # models at zero: their gateway counters
+        # The fleet-wide cap on optimization Jobs: plans that may create one run one at a time,
+        # and a Job we created counts until the watch has brought it into the index.
+        self._job_slots = asyncio.Lock()
+        self._created_jobs: dict[tuple[str, str], float] = {}
+        self._queued: set[Key] = set()
         labels = ",".join(f"{k}={v}" for k, v in sorted(config.gateway_pods_labels.items()))
         self.gateway = GatewaySource(
             self._gateway_pods,
@@ -116,6 +123,38 @@ class Controller:
     async def _gateway_pods(self) -> list[GatewayTarget]:
         pods = await self.kube.running_pods(self.config.gateway_pods_namespace, self.config.gateway_pods_labels)
         return [GatewayTarget(name, ip) for name, ip in pods]
+
+    def kick_queued(self) -> None:
+        for key in list(self._queued):
+            self.kick(*key)
+
+    def _count_slots(self, model: SmallModel, observed: Observed) -> Observed:
+        """Jobs running by the index, plus those we created that the index may not show yet."""
+        now = time.monotonic()
+        for job, at in list(self._created_jobs.items()):
+            if now - at > JOB_INDEX_GRACE_SECONDS:
+                del self._created_jobs[job]
+        mine = {(model.metadata.namespace, j.name) for j in observed.jobs}
+        unseen = sum(1 for job in self._created_jobs if job not in mine)
+        return replace(observed, optimizations_running=observed.optimizations_running + unseen)
+
+    def _needs_slot(self, model: SmallModel, observed: Observed) -> bool:
+        if self.config.max_concurrent_optimizations == 0:
+            return False
+        key = artifact_key(model.spec.source, model.spec.optimize)
+        state = artifact_state(model, key, observed)
+        return isinstance(state, Building) and not state.exists
+
+    def _after(self, model: SmallModel, result: Plan) -> None:
+        key = (model.metadata.namespace, model.metadata.name)
+        for obj in result.apply:
+            if obj.get("kind") == "Job":
+                self._created_jobs[(key[0], obj["metadata"]["name"])] = time.monotonic()
+        optimized = result.status.condition("Optimized")
+        if optimized is not None and optimized.reason == "Queued":
+            self._queued.add(key)
+        else:
+            self._queued.discard(key)
 
     def kick(self, namespace: str, name: str) -> None:
         """A child changed: wake the model's loop (coalesced if it is already awake)."""
@@ -142,6 +181,7 @@ class Controller:
         self._written.pop(key, None)
         self._samplers.pop(key, None)
         self._demand.pop(key, None)
+        self._queued.discard(key)
         telemetry.CONDITIONS.by_model.pop(key, None)
         telemetry.DESIRED_REPLICAS.by_model.pop(key, None)
 
@@ -219,8 +259,7 @@ class Controller:
                     gateway_demand=demand,
                     http_route_api=await self._http_route_served(),
                 )
-                result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
-                version = await execute(self.kube, model, result, observed, dict(body))
+                result, version = await self._plan_and_execute(model, observed, body)
             except Exception:
                 telemetry.RECONCILES.labels(result="error").inc()
                 raise
@@ -231,6 +270,19 @@ class Controller:
                 self._written[key] = (_version(version), result.status)
             self._record(key, result)
             return result
+
+    async def _plan_and_execute(
+        self, model: SmallModel, observed: Observed, body: Mapping[str, Any]
+    ) -> tuple[Plan, str | None]:
+        if not self._needs_slot(model, observed):
+            result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
+            return result, await execute(self.kube, model, result, observed, dict(body))
+        async with self._job_slots:  # count, decide and create before the next model counts
+            observed = self._count_slots(model, observed)
+            result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
+            version = await execute(self.kube, model, result, observed, dict(body))
+            self._after(model, result)
+            return result, version
 
     async def finalize(self, body: Mapping[str, Any], observed: Observed) -> int:
         """Delete the model's workloads before the model itself goes; return the pods still

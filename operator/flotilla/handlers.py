@@ -118,6 +118,9 @@ def _observed(memo: kopf.Memo, key: Key, indexes: dict[str, Any]) -> Observed:
         deployments=get("deployments"),
         others=get("objects"),
         artifact_pvc_exists=(key[0], memo.config.artifact_pvc) in indexes["claims"],
+        optimizations_running=sum(
+            1 for views in indexes["jobs"].values() for job in views if not (job.complete or job.failed)
+        ),
     )
 
 
@@ -133,6 +136,8 @@ def _indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD)
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.kick(*_owner(body))
+    if body.get("kind") == "Job":  # a finished Job frees a slot for a queued model
+        memo.controller.kick_queued()
 
 
 # --- SmallModel -------------------------------------------------------------------------

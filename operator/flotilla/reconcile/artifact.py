@@ -23,6 +23,7 @@ class Building:
     job: str
     exists: bool  # False: the planner must create the Job
     problem: PodProblem | None  # why its pod does not run (unschedulable, image pull, OOMKilled, ...)
+    queued: str | None = None  # the Job waits for a slot under the fleet-wide cap: why
 
 
 @dataclass(frozen=True)

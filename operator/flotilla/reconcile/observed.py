@@ -259,6 +259,8 @@ class Observed:
     # The gateway's count of requests for this model, read only while it is at zero (no pods
     # to read demand from): see scaling.at_zero.
     gateway_demand: Demand | None = None
+    # Optimization Jobs running now across every watched namespace (the fleet-wide cap).
+    optimizations_running: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobView | None:

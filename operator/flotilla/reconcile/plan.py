@@ -7,7 +7,7 @@ operator that observes the same world makes the same plan.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from flotilla.api.v1alpha1 import (
@@ -128,7 +128,8 @@ def desired_replicas(model: SmallModel) -> int:
 def _plan_artifact(
     model: SmallModel, key: str, state: ArtifactState, observed: Observed, ctx: Context, draft: _Draft
 ) -> None:
-    if isinstance(state, Building) and not state.exists:
+    _prune_jobs(model, key, observed, draft)
+    if isinstance(state, Building) and not state.exists and state.queued is None:
         if not observed.artifact_pvc_exists and ctx.config.create_artifact_pvc:
             draft.apply.append(optimizer.build_artifact_pvc(model.metadata.namespace, ctx.config))
         draft.apply.append(stamped(optimizer.build_job(model, key, ctx.config)))
@@ -138,6 +139,26 @@ def _plan_artifact(
     if isinstance(state, Ready | Failed) and state.newly_read:
         result = state.summary.to_termination_message()
         draft.annotate.append(Annotate(Ref("batch/v1", "Job", state.job), {ANNOTATION_RESULT: result}))
+
+
+def queue_slot(state: ArtifactState, observed: Observed, ctx: Context) -> ArtifactState:
+    """A Job to create waits while the fleet runs max_concurrent_optimizations of them."""
+    cap = ctx.config.max_concurrent_optimizations
+    if not isinstance(state, Building) or state.exists or cap == 0 or observed.optimizations_running < cap:
+        return state
+    running = observed.optimizations_running
+    why = f"{running} optimization Jobs run, at most {cap} at once (operator setting max_concurrent_optimizations)"
+    return replace(state, queued=why)
+
+
+def _prune_jobs(model: SmallModel, key: str, observed: Observed, draft: _Draft) -> None:
+    """Finished Jobs of artifacts no revision uses go; the current, stable and canary artifacts'
+    Jobs stay: they hold the result a return to that spec reuses (status records only the current)."""
+    revisions = model.status.revisions or RevisionsStatus()
+    keep = {key, revisions.stable_artifact_key, revisions.canary_artifact_key}
+    for job in observed.jobs:
+        if job.key not in keep and (job.complete or job.failed):
+            draft.delete.append(Ref("batch/v1", "Job", job.name))
 
 
 def _revision_objects(
@@ -325,6 +346,8 @@ def _optimized(state: ArtifactState) -> Want:
         return Want(COND_OPTIMIZED, "True", "ArtifactReady", describe(state.summary))
     if isinstance(state, Failed):
         return Want(COND_OPTIMIZED, "False", state.summary.reason or "OptimizerError", state.summary.message)
+    if state.queued is not None:
+        return Want(COND_OPTIMIZED, "False", "Queued", f"Job {state.job} waits: {state.queued}")
     if state.problem is not None:
         what = "cannot be scheduled" if state.problem.reason == "Unschedulable" else "does not run"
         return Want(COND_OPTIMIZED, "False", state.problem.reason, f"Job {state.job} {what}: {state.problem.message}")
@@ -342,7 +365,8 @@ def _ready(model: SmallModel, revision: str, state: ArtifactState, result: _Serv
     if isinstance(state, Failed):
         return Want(COND_READY, "False", state.summary.reason or "OptimizerError", state.summary.message[:1000] + keeps)
     if isinstance(state, Building):
-        return Want(COND_READY, "False", "Optimizing", f"waiting for Job {state.job}{keeps}")
+        reason = "Queued" if state.queued else "Optimizing"
+        return Want(COND_READY, "False", reason, f"waiting for Job {state.job}{keeps}")
     last = result.revisions.last_rollback
     if result.canary is None and last is not None and last.revision == revision and result.stable != revision:
         return Want(COND_READY, "False", "RolledBack", f"revision {revision} was rolled back: {last.reason}{keeps}")
@@ -413,7 +437,7 @@ def _status(
 
 # Progress reasons that are not news; everything else that moves is an Event.
 # CanaryProgressing and RolledBack: the rollout posts its own Events.
-QUIET_REASONS = {"Optimizing", "Deploying", "CanaryProgressing", "RolledBack"}
+QUIET_REASONS = {"Optimizing", "Queued", "Deploying", "CanaryProgressing", "RolledBack"}
 
 
 def _transition_events(before: SmallModelStatus, after: SmallModelStatus, draft: _Draft) -> None:
@@ -439,7 +463,7 @@ def plan(model: SmallModel, observed: Observed, ctx: Context) -> Plan:
     revision = serving_revision(key, spec.serving)
     draft = _Draft()
     model, latency = scaling.decide(model, observed, ctx.now, ctx.config.metrics_interval_seconds)
-    state = artifact_state(model, key, observed)
+    state = queue_slot(artifact_state(model, key, observed), observed, ctx)
     _plan_artifact(model, key, state, observed, ctx, draft)
     result = _plan_serving(model, key, revision, state, observed, ctx, draft)
     ready = _ready(model, revision, state, result, observed)
