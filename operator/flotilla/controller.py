@@ -15,7 +15,7 @@ from typing import Any
 from flotilla import telemetry
 from flotilla.api.v1alpha1 import ArtifactSummary, SmallModel, SmallModelStatus, artifact_key
 from flotilla.config import OperatorConfig
-from flotilla.executor import execute
+from flotilla.executor import Applied, execute
 from flotilla.kube import Kube
 from flotilla.metrics import PodTarget, Window
 from flotilla.metrics.gateway import Demand, DemandSampler, GatewayTarget
@@ -112,6 +112,7 @@ class Controller:
         self._job_slots = asyncio.Lock()
         self._created_jobs: dict[tuple[str, str], float] = {}
         self._queued: set[Key] = set()
+        self._applied: Applied = {}  # children's markers after our writes (executor.py)
         labels = ",".join(f"{k}={v}" for k, v in sorted(config.gateway_pods_labels.items()))
         self.gateway = GatewaySource(
             self._gateway_pods,
@@ -182,6 +183,9 @@ class Controller:
         self._samplers.pop(key, None)
         self._demand.pop(key, None)
         self._queued.discard(key)
+        for child in [c for c in self._applied if c[0] == namespace]:
+            if child[2] == name or child[2].startswith(f"{name}-"):
+                del self._applied[child]
         telemetry.CONDITIONS.by_model.pop(key, None)
         telemetry.DESIRED_REPLICAS.by_model.pop(key, None)
 
@@ -276,11 +280,11 @@ class Controller:
     ) -> tuple[Plan, str | None]:
         if not self._needs_slot(model, observed):
             result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
-            return result, await execute(self.kube, model, result, observed, dict(body))
+            return result, await execute(self.kube, model, result, observed, dict(body), self._applied)
         async with self._job_slots:  # count, decide and create before the next model counts
             observed = self._count_slots(model, observed)
             result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
-            version = await execute(self.kube, model, result, observed, dict(body))
+            version = await execute(self.kube, model, result, observed, dict(body), self._applied)
             self._after(model, result)
             return result, version
 

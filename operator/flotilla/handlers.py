@@ -134,6 +134,9 @@ def _indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD)
 @kopf.on.event("v1", "pods", labels=CHILD)
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD)
+# Services and ConfigMaps too: a hand edit of one is put back at once (executor.py).
+@kopf.on.event("v1", "services", labels=CHILD)
+@kopf.on.event("v1", "configmaps", labels=CHILD)
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.kick(*_owner(body))
     if body.get("kind") == "Job":  # a finished Job frees a slot for a queued model

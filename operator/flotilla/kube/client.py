@@ -25,6 +25,7 @@ from lightkube.types import CascadeType, PatchType
 
 from flotilla import telemetry
 from flotilla.api.v1alpha1 import FIELD_MANAGER, GROUP, KIND, PLURAL, SCALE_MANAGER, VERSION
+from flotilla.resources.meta import marker
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,15 @@ class Kube:
             self._client = AsyncClient(field_manager=FIELD_MANAGER)
         return self._client
 
-    async def apply(self, obj: Mapping[str, Any]) -> None:
+    async def apply(self, obj: Mapping[str, Any]) -> int | None:
+        """Server-side apply; returns the object's change marker after the write (see observed.marker)."""
         self._count("apply", str(obj["kind"]))
         resource = codecs.from_dict(dict(obj))
-        await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
+        written = await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
+        meta = getattr(written, "metadata", None)
+        generation = getattr(meta, "generation", None)
+        version = getattr(meta, "resourceVersion", None)
+        return marker(generation, version)
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str, *, foreground: bool = False) -> None:
         self._count("delete", kind)
@@ -72,7 +78,9 @@ class Kube:
             if err.status.code != 404:
                 raise
 
-    async def scale(self, deployment: str, namespace: str, replicas: int) -> None:
+    async def scale(self, deployment: str, namespace: str, replicas: int) -> int | None:
+        """Set replicas through the scale subresource; returns the Deployment's generation after
+        it (a Scale carries none, so it is read: scales are rare, one decision per interval)."""
         self._count("scale", "Deployment")
         patch = {"spec": {"replicas": replicas}}
         await self.client.patch(
@@ -83,6 +91,9 @@ class Kube:
             patch_type=PatchType.MERGE,
             field_manager=SCALE_MANAGER,
         )
+        self._count("get", "Deployment")
+        live = await self.client.get(Deployment, deployment, namespace=namespace)
+        return live.metadata.generation if live.metadata is not None else None
 
     async def annotate(
         self, api_version: str, kind: str, name: str, namespace: str, annotations: Mapping[str, str | None]

@@ -13,7 +13,7 @@ from typing import Any
 from flotilla.api.v1alpha1 import GROUP, LABEL_ARTIFACT_KEY, LABEL_REVISION, ArtifactSummary
 from flotilla.metrics import Window
 from flotilla.metrics.gateway import Demand
-from flotilla.resources.meta import ANNOTATION_APPLIED_HASH
+from flotilla.resources.meta import ANNOTATION_APPLIED_HASH, marker
 
 ANNOTATION_RESULT = f"{GROUP}/result"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -211,6 +211,7 @@ class DeploymentView:
     ready_replicas: int
     updated_replicas: int
     replicas_manager: str | None = None  # field manager that last set spec.replicas
+    marker: int | None = None  # metadata.generation: grows when anyone changes the spec
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> DeploymentView:
@@ -224,6 +225,7 @@ class DeploymentView:
             ready_replicas=int(status.get("readyReplicas", 0)),
             updated_replicas=int(status.get("updatedReplicas", 0)),
             replicas_manager=_replicas_manager(obj),
+            marker=marker(_meta(obj).get("generation"), _meta(obj).get("resourceVersion")),
         )
 
 
@@ -235,6 +237,7 @@ class ObjectView:
     name: str
     applied_hash: str | None
     revision: str | None = None
+    marker: int | None = None  # generation, else resourceVersion: grows when anyone writes it
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> ObjectView:
@@ -243,6 +246,7 @@ class ObjectView:
             name=_meta(obj).get("name", ""),
             applied_hash=_annotations(obj).get(ANNOTATION_APPLIED_HASH),
             revision=_labels(obj).get(LABEL_REVISION),
+            marker=marker(_meta(obj).get("generation"), _meta(obj).get("resourceVersion")),
         )
 
 
@@ -295,6 +299,10 @@ class Observed:
 
     def exists(self, kind: str, name: str) -> bool:
         return self.find(kind, name) is not None
+
+    def marker_of(self, kind: str, name: str) -> int | None:
+        view = self.find(kind, name)
+        return view.marker if isinstance(view, DeploymentView | ObjectView) else None
 
     def hash_of(self, kind: str, name: str) -> str | None:
         view = self.find(kind, name)

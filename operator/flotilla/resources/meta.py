@@ -64,6 +64,19 @@ def content_hash(obj: Obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def marker(generation: object, resource_version: object) -> int | None:
+    """What changes when someone changes an object: metadata.generation where the kind has one
+    (spec changes only; Deployments, PDBs, HTTPRoutes), else the resourceVersion (ConfigMaps,
+    Services, whose status rarely moves). Both grow, so a larger one is a later write."""
+    for value in (generation, resource_version):
+        try:
+            if value is not None and int(str(value)) > 0:
+                return int(str(value))
+        except ValueError:
+            continue
+    return None
+
+
 def stamped(obj: Obj) -> Obj:
     """The object with its own content hash in an annotation (computed without it)."""
     meta = dict(obj["metadata"])
