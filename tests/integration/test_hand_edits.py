@@ -10,6 +10,7 @@ import pytest
 
 from flotilla.api.v1alpha1 import serving_revision
 from flotilla.api.v1alpha1.spec import SmallModelSpec
+from flotilla.resources.meta import ANNOTATION_APPLIED_HASH, config_map_name
 from localcluster.cluster import wait_for
 
 from .conftest import Kubelet, Operator, get
@@ -47,3 +48,39 @@ def test_hand_edits_of_the_deployment_and_a_service_are_put_back(
     wait_for(deployment_back, timeout=30, what="the Deployment's image put back")
     wait_for(service_back, timeout=30, what="the Service's selector put back")
     print(f"\n[hand-edits] both edits put back {time.monotonic() - edited:.1f} s after the patch")
+
+
+def test_an_immutable_config_map_rendered_differently_is_replaced_not_wedged(
+    operator: Operator, kubelet: Kubelet, namespace: str, artifact_store: str
+) -> None:
+    """As after an operator upgrade whose config.pbtxt differs for an existing revision."""
+    cluster = operator.cluster
+    apply(cluster, namespace, manifest("chat"))
+    key = finish_optimization(cluster, kubelet, namespace, "chat", SPEC)
+    wait_condition(cluster, namespace, "chat", "Ready", "True")
+    revision = serving_revision(key, SmallModelSpec.model_validate(SPEC).serving)
+    name = config_map_name("chat", revision)
+    ours = get(cluster, "configmap", namespace, name)
+    operator.stop()
+    older = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "labels": ours["metadata"]["labels"],
+            "annotations": {ANNOTATION_APPLIED_HASH: "rendered-by-an-older-operator"},
+            "ownerReferences": ours["metadata"]["ownerReferences"],
+        },
+        "immutable": True,
+        "data": {k: f"# an older rendering\n{v}" for k, v in ours["data"].items()},
+    }
+    cluster.kubectl("delete", "configmap", name, "-n", namespace)
+    cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(older))
+    operator.start()
+    wait_for(
+        lambda: get(cluster, "configmap", namespace, name)["data"] == ours["data"],
+        timeout=60,
+        what="the ConfigMap replaced with this operator's rendering",
+    )
+    assert "is immutable and its content changed: replacing it" in operator.log()
+    wait_condition(cluster, namespace, "chat", "Ready", "True")

@@ -41,6 +41,10 @@ def _namespaced(api_version: str, kind: str) -> type[NamespacedResource]:
     return resource
 
 
+def _immutable(obj: Mapping[str, Any], err: ApiError) -> bool:
+    return obj.get("kind") == "ConfigMap" and err.status.code == 422 and "immutable" in str(err.status.message)
+
+
 class Kube:
     """A thin, typed facade over lightkube's AsyncClient, counting its requests."""
 
@@ -62,7 +66,12 @@ class Kube:
         """Server-side apply; returns the object's change marker after the write (see observed.marker)."""
         self._count("apply", str(obj["kind"]))
         resource = codecs.from_dict(dict(obj))
-        written = await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
+        try:
+            written = await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
+        except ApiError as err:
+            if not _immutable(obj, err):
+                raise
+            written = await self._replace(obj, resource)
         meta = getattr(written, "metadata", None)
         generation = getattr(meta, "generation", None)
         version = getattr(meta, "resourceVersion", None)
@@ -77,6 +86,16 @@ class Kube:
         except ApiError as err:
             if err.status.code != 404:
                 raise
+
+    async def _replace(self, obj: Mapping[str, Any], resource: Any) -> Any:
+        """An immutable ConfigMap whose content must change (an operator upgrade renders a new
+        config for an existing revision): delete and create it. Running pods keep the copy they
+        mounted (Triton reads it at start); pods started after it read the new one."""
+        name, namespace = obj["metadata"]["name"], obj["metadata"].get("namespace")
+        log.warning("ConfigMap %s/%s is immutable and its content changed: replacing it", namespace, name)
+        await self.delete(str(obj["apiVersion"]), str(obj["kind"]), name, namespace)
+        self._count("apply", str(obj["kind"]))
+        return await self.client.apply(resource, field_manager=FIELD_MANAGER, force=True)
 
     async def scale(self, deployment: str, namespace: str, replicas: int) -> int | None:
         """Set replicas through the scale subresource; returns the Deployment's generation after
