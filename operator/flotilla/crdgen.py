@@ -124,7 +124,6 @@ def openapi_schema() -> dict[str, Any]:
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
-    rule, message = api_model.NAME_RULE
     return {
         "type": "object",
         "description": "A small language model that Flotilla optimizes, gates on accuracy and serves with "
@@ -137,7 +136,7 @@ def openapi_schema() -> dict[str, Any]:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": [{"rule": rule, "message": message}],
+        "x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in api_model.NAME_RULES],
     }
 
 

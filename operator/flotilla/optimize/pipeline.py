@@ -317,7 +317,7 @@ def optimize(req: Request) -> tuple[ArtifactSummary, dict[str, Any]]:
     sentences = load_texts(req.eval_text)
     calibration_texts, texts = split_texts(sentences, req.eval_limit)
     gpu_recipes = req.target == "tensorrt" or req.precision == "fp16"
-    chosen_recipes = recipes.candidates(req.precision, gpu_recipes, req.recipes)
+    chosen_recipes = recipes.candidates(req.precision, gpu_recipes, req.recipes, req.target)
     if not chosen_recipes:
         raise OptimizeError("InvalidArguments", f"no recipe for precision {req.precision} on target {req.target}")
     base = req.work_dir or req.out.parent

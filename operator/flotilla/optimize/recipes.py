@@ -94,10 +94,18 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("fp16", "fp16", "float16 weights and compute (GPU)", gpu_only=True),
 )
 RECIPES_BY_NAME = {r.name: r for r in RECIPES}
+# What trtexec builds (tensorrt.trtexec_command): fp16, fp32, and explicit (QDQ) int8. Dynamic int8
+# (MatMulInteger) and MatMulNBits graphs are not TensorRT networks; int4 has no TensorRT recipe at
+# all (the CRD refuses precision int4 with target tensorrt).
+TENSORRT_RECIPES = frozenset({"fp32", "int8-static-qdq", "fp16"})
 
 
-def candidates(precision: str, gpu: bool, only: Sequence[str] | None = None) -> list[Recipe]:
-    """The recipes `precision` asks for. auto: every optimized recipe the target can run."""
+def buildable(recipe: Recipe, target: str) -> bool:
+    return target != "tensorrt" or recipe.name in TENSORRT_RECIPES
+
+
+def candidates(precision: str, gpu: bool, only: Sequence[str] | None = None, target: str = "onnx") -> list[Recipe]:
+    """The recipes `precision` asks for that `target` can build. auto: every optimized one."""
     if only:
         unknown = [n for n in only if n not in RECIPES_BY_NAME]
         if unknown:
@@ -107,7 +115,7 @@ def candidates(precision: str, gpu: bool, only: Sequence[str] | None = None) -> 
         chosen = [r for r in RECIPES if r.precision != "fp32"]
     else:
         chosen = [r for r in RECIPES if r.precision == precision]
-    return [r for r in chosen if gpu or not r.gpu_only]
+    return [r for r in chosen if (gpu or not r.gpu_only) and buildable(r, target)]
 
 
 def save_model(model: Any, path: Path) -> None:

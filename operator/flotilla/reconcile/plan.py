@@ -431,6 +431,7 @@ def _status(
             "ready_replicas": sum(d.ready_replicas for d in live),
             "selector": serving.selector_string(model),
             "endpoint": f"http://{model.metadata.name}.{model.metadata.namespace}.svc:{serving.HTTP_PORT}",
+            "pruned_fields": model.pruned_fields() or None,
         }
     )
 
@@ -441,6 +442,13 @@ QUIET_REASONS = {"Optimizing", "Queued", "Deploying", "CanaryProgressing", "Roll
 
 
 def _transition_events(before: SmallModelStatus, after: SmallModelStatus, draft: _Draft) -> None:
+    if after.pruned_fields and after.pruned_fields != before.pruned_fields:
+        draft.event(
+            "Warning",
+            "UnknownFieldsPruned",
+            f"the API server dropped {', '.join(after.pruned_fields)}: not fields of SmallModel (misspelled?), "
+            "they have no effect; kubectl apply --validate=strict refuses them",
+        )
     optimized = transitioned(before.conditions, after.conditions, COND_OPTIMIZED)
     ready = transitioned(before.conditions, after.conditions, COND_READY)
     if optimized is not None and optimized.status == "True":

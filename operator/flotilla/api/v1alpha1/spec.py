@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from .base import ApiModel
+from .quantity import parse_quantity
 
 Task = Literal["text-generation", "feature-extraction", "text-classification"]
 Target = Literal["onnx", "tensorrt"]
@@ -19,10 +20,45 @@ Quantity = Annotated[
 
 SOURCE_URI_PATTERN = r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?|s3://[a-z0-9][a-z0-9.\-]*/.+|pvc://[a-z0-9]([a-z0-9\-]*[a-z0-9])?/.*|file:///.+)$"
 MIG_PROFILE_PATTERN = r"^([1-7]g\.[0-9]+gb(\+me)?)?$"
+# Names of Kubernetes objects the spec refers to (Secret, PriorityClass): DNS-1123 subdomains.
+DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A label value (serving.gpu.product is matched against a node label).
+LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# Gateway API SectionName.
+SECTION_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+# Validation context of objects read back from the API server (already admitted, perhaps under an
+# older schema): `SmallModelSpec.model_validate(body, context={STORED: True})`.
+STORED = "stored"
+
+
+def _fraction(path: str, field: str, high: float, example: str) -> tuple[str, str]:
+    """A CEL rule bounding a ratio from above, with a message that says the unit. (Not `maximum`:
+    the API server words a fractional maximum as "less than or equal to 0".)"""
+    return f"self.{field} <= {high}", f"{path}.{field} is a fraction from 0 to {high}, not a percent ({example})"
+
+
+def _raise_first(info: ValidationInfo, checks: list[tuple[bool, str]]) -> None:
+    """The pydantic side of a model's CEL rules: raise the message of the first rule broken.
+
+    Not for stored objects (`context={STORED: True}`): the API server admitted them, perhaps under an
+    older, looser CRD, and the operator must still read them (the server refuses their next update).
+    """
+    if info.context and info.context.get(STORED):
+        return
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 class LocalObjectReference(ApiModel):
-    name: str = Field(min_length=1, max_length=253, description="Name of an object in the SmallModel's namespace.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        description="Name of an object in the SmallModel's namespace (a DNS-1123 subdomain: lowercase).",
+    )
 
 
 class SourceSpec(ApiModel):
@@ -56,29 +92,68 @@ class SourceSpec(ApiModel):
             "!has(self.credentialsSecretRef) || self.uri.startsWith('hf://') || self.uri.startsWith('s3://')",
             "source.credentialsSecretRef is only used with hf:// and s3:// sources",
         ),
+        (
+            "!has(self.revision) || !self.uri.startsWith('hf://') || !self.uri.contains('@')",
+            "source.revision and an @revision in source.uri both pin the source: use one",
+        ),
     )
+
+    @model_validator(mode="after")
+    def _cel(self, info: ValidationInfo) -> SourceSpec:
+        _raise_first(
+            info,
+            [
+                (self.credentials_secret_ref is None or self.uri.startswith(("hf://", "s3://")), self.cel_rules[0][1]),
+                (
+                    self.revision is None or not self.uri.startswith("hf://") or "@" not in self.uri,
+                    self.cel_rules[1][1],
+                ),
+            ],
+        )
+        return self
 
 
 class AccuracyBudget(ApiModel):
     max_top1_disagreement: float = Field(
         default=0.03,
         ge=0,
-        le=1,
         description="Largest share of next-token (or label) predictions allowed to differ from fp32 on the "
-        "evaluation text; 0.03 means at least 97% agreement.",
+        "evaluation text, as a fraction from 0 to 0.5 (not a percent): 0.03 means at least 97% agreement.",
     )
     max_perplexity_increase: float = Field(
         default=0.05,
         ge=0,
-        le=10,
-        description="Largest relative perplexity increase over fp32 allowed (text-generation); 0.05 = +5%.",
+        description="Largest relative perplexity increase over fp32 allowed (text-generation), as a fraction "
+        "from 0 to 0.5 (not a percent): 0.05 = +5%.",
     )
     min_cosine_similarity: float = Field(
         default=0.99,
         ge=0,
         le=1,
-        description="Smallest mean cosine similarity to fp32 embeddings allowed (feature-extraction).",
+        description="Smallest mean cosine similarity to fp32 embeddings allowed (feature-extraction), from "
+        "0.5 to 1 (not a percent): 0.99 = 99%.",
     )
+
+    cel_rules = (
+        _fraction("optimize.accuracyBudget", "maxTop1Disagreement", 0.5, "0.03 = 3%"),
+        _fraction("optimize.accuracyBudget", "maxPerplexityIncrease", 0.5, "0.05 = +5%"),
+        (
+            "self.minCosineSimilarity >= 0.5",
+            "optimize.accuracyBudget.minCosineSimilarity must be from 0.5 to 1, not a percent (0.99 = 99%)",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cel(self, info: ValidationInfo) -> AccuracyBudget:
+        _raise_first(
+            info,
+            [
+                (self.max_top1_disagreement <= 0.5, self.cel_rules[0][1]),
+                (self.max_perplexity_increase <= 0.5, self.cel_rules[1][1]),
+                (self.min_cosine_similarity >= 0.5, self.cel_rules[2][1]),
+            ],
+        )
+        return self
 
 
 class OptimizeSpec(ApiModel):
@@ -88,14 +163,26 @@ class OptimizeSpec(ApiModel):
     )
     precision: Precision = Field(
         default="auto",
-        description="Numeric precision of the artifact. auto tries the recipes and keeps the fastest one "
-        "within accuracyBudget. fp16 needs a GPU.",
+        description="Numeric precision of the artifact. auto tries the recipes the target can build and keeps "
+        "the fastest one within accuracyBudget. fp16 needs a GPU; tensorrt builds fp16, int8 and fp32 (not int4).",
     )
     accuracy_budget: AccuracyBudget = Field(
         default_factory=AccuracyBudget,
         description="How much accuracy the optimized artifact may lose against fp32; over budget, nothing "
         "is rolled out.",
     )
+
+    cel_rules = (
+        (
+            "self.target != 'tensorrt' || self.precision != 'int4'",
+            "optimize.precision int4 is not supported by optimize.target tensorrt (it builds fp16, int8 and fp32)",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cel(self, info: ValidationInfo) -> OptimizeSpec:
+        _raise_first(info, [(self.target != "tensorrt" or self.precision != "int4", self.cel_rules[0][1])])
+        return self
 
 
 class GpuSpec(ApiModel):
@@ -107,13 +194,14 @@ class GpuSpec(ApiModel):
     )
     product: str | None = Field(
         default=None,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
         description="Required GPU product, matched against the node label nvidia.com/gpu.product "
         "(for example NVIDIA-L4, NVIDIA-H100-80GB-HBM3).",
     )
     mig_profile: str | None = Field(
         default=None,
+        max_length=16,
         pattern=MIG_PROFILE_PATTERN,
         description="A MIG profile such as 1g.10gb: the replica requests nvidia.com/mig-<profile> "
         "slices instead of whole GPUs (mixed MIG strategy).",
@@ -130,10 +218,99 @@ class GpuSpec(ApiModel):
         ),
     )
 
+    @model_validator(mode="after")
+    def _cel(self, info: ValidationInfo) -> GpuSpec:
+        _raise_first(
+            info,
+            [
+                (not self.mig_profile or self.count > 0, self.cel_rules[0][1]),
+                (self.product is None or self.count > 0, self.cel_rules[1][1]),
+            ],
+        )
+        return self
+
+
+RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+MIN_MEMORY = "32Mi"
+MAX_CPU = "256"
+_RESOURCE_MAPS = ("requests", "limits")
+
+
+def _each(cond: str) -> str:
+    """A CEL rule that `cond` holds for every entry of requests and of limits; `cond` speaks of
+    the entry as k (its name) and V (its value, int or string, as a string)."""
+    return " && ".join(
+        f"(!has(self.{m}) || self.{m}.all(k, {cond.replace('V', f'string(self.{m}[k])')}))" for m in _RESOURCE_MAPS
+    )
+
 
 class ResourceRequirements(ApiModel):
-    requests: dict[str, Quantity] | None = Field(default=None, description="Minimum resources per replica.")
-    limits: dict[str, Quantity] | None = Field(default=None, description="Maximum resources per replica.")
+    requests: dict[str, Quantity] | None = Field(
+        default=None,
+        max_length=len(RESOURCE_NAMES),
+        description="Minimum resources per replica: cpu (cores: 2, 500m), memory (bytes: 2Gi, 512Mi) and "
+        "ephemeral-storage.",
+    )
+    limits: dict[str, Quantity] | None = Field(
+        default=None,
+        max_length=len(RESOURCE_NAMES),
+        description="Maximum resources per replica (cpu, memory, ephemeral-storage); not below requests.",
+    )
+
+    cel_rules = (
+        (
+            _each("!k.startsWith('nvidia.com/')"),
+            "GPUs are requested with serving.gpu (count, product, migProfile), not serving.resources",
+        ),
+        (
+            _each(f"k in {list(RESOURCE_NAMES)} || k.startsWith('nvidia.com/')"),
+            "serving.resources names must be cpu, memory or ephemeral-storage",
+        ),
+        (
+            _each("isQuantity(V) && quantity(V).compareTo(quantity('0')) >= 0"),
+            "serving.resources values must be non-negative quantities such as 500m, 2 or 4Gi",
+        ),
+        (
+            _each(f"k != 'memory' || !isQuantity(V) || quantity(V).compareTo(quantity('{MIN_MEMORY}')) >= 0"),
+            f"serving.resources memory must be at least {MIN_MEMORY}: a plain number is bytes (write 2Gi, not 2)",
+        ),
+        (
+            _each(f"k != 'cpu' || !isQuantity(V) || quantity(V).compareTo(quantity('{MAX_CPU}')) <= 0"),
+            f"serving.resources cpu must be at most {MAX_CPU} cores: a plain number is cores (write 500m, not 500)",
+        ),
+        (
+            "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) "
+            "|| !isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) "
+            "|| quantity(string(self.limits[k])).compareTo(quantity(string(self.requests[k]))) >= 0)",
+            "serving.resources limits must not be below requests",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cel(self, info: ValidationInfo) -> ResourceRequirements:
+        entries = [(k, v, parse_quantity(v)) for m in (self.requests, self.limits) for k, v in (m or {}).items()]
+        requests = {k: parse_quantity(v) for k, v in (self.requests or {}).items()}
+        limits = {k: parse_quantity(v) for k, v in (self.limits or {}).items()}
+        min_memory, max_cpu = parse_quantity(MIN_MEMORY), parse_quantity(MAX_CPU)
+        assert min_memory is not None and max_cpu is not None
+        _raise_first(
+            info,
+            [
+                (all(not k.startswith("nvidia.com/") for k, _, _ in entries), self.cel_rules[0][1]),
+                (all(k in RESOURCE_NAMES or k.startswith("nvidia.com/") for k, _, _ in entries), self.cel_rules[1][1]),
+                (all(q is not None and q >= 0 for _, _, q in entries), self.cel_rules[2][1]),
+                (all(k != "memory" or q is None or q >= min_memory for k, _, q in entries), self.cel_rules[3][1]),
+                (all(k != "cpu" or q is None or q <= max_cpu for k, _, q in entries), self.cel_rules[4][1]),
+                (
+                    all(
+                        k not in limits or q is None or limits[k] is None or limits[k] >= q  # type: ignore[operator]
+                        for k, q in requests.items()
+                    ),
+                    self.cel_rules[5][1],
+                ),
+            ],
+        )
+        return self
 
 
 class ServingSpec(ApiModel):
@@ -161,7 +338,10 @@ class ServingSpec(ApiModel):
         description="Model instances per replica (per GPU on GPU serving).",
     )
     priority_class_name: str | None = Field(
-        default=None, max_length=253, description="PriorityClass of the serving pods."
+        default=None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        description="PriorityClass of the serving pods (a DNS-1123 subdomain: lowercase).",
     )
 
 
@@ -169,8 +349,9 @@ class LatencyObjective(ApiModel):
     percentile: Literal[50, 90, 95, 99] = Field(default=95, description="Which latency percentile to hold.")
     threshold_ms: int = Field(
         ge=1,
-        le=600_000,
-        description="Target for that percentile, in milliseconds, of request latency as Triton measures it "
+        le=120_000,
+        description="Target for that percentile, in milliseconds (1 to 120000: 250 is a quarter second; "
+        "not microseconds), of request latency as Triton measures it "
         "inside the serving pods (queue plus compute, its request-latency summary); network hops and the "
         "gateway are not included.",
     )
@@ -208,9 +389,14 @@ class AutoscalingSpec(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingSpec:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(self.cel_rules[0][1])
+    def _bounds(self, info: ValidationInfo) -> AutoscalingSpec:
+        _raise_first(
+            info,
+            [
+                (self.min_replicas <= self.max_replicas, self.cel_rules[0][1]),
+                (not self.enabled or self.latency_objective is not None, self.cel_rules[1][1]),
+            ],
+        )
         return self
 
 
@@ -237,15 +423,15 @@ class CanarySpec(ApiModel):
     max_latency_regression: float = Field(
         default=0.10,
         ge=0,
-        le=2,
-        description="Largest allowed latency increase over stable, as a fraction (0.10 = +10%). The canary fails "
+        description="Largest allowed latency increase over stable, as a fraction from 0 to 0.5, not a percent "
+        "(0.10 = +10%). The canary fails "
         "when its latency is shown, with 95% confidence under repeated looks, to exceed stable's by more.",
     )
     max_error_rate: float = Field(
         default=0.01,
         ge=0,
-        le=0.5,
-        description="Largest allowed canary error rate, as a fraction of its requests (0.01 = 1%). The canary "
+        description="Largest allowed canary error rate, as a fraction of its requests from 0 to 0.2, not a "
+        "percent (0.01 = 1%). The canary "
         "fails when its error rate is shown, with 95% confidence under repeated looks, to exceed this.",
     )
     max_step_extensions: int = Field(
@@ -270,14 +456,21 @@ class CanarySpec(ApiModel):
             "self.steps.isSorted() && self.steps.all(s, self.steps.exists_one(t, t == s))",
             "rollout.canary.steps must be strictly ascending",
         ),
+        _fraction("rollout.canary", "maxLatencyRegression", 0.5, "0.10 = +10%"),
+        _fraction("rollout.canary", "maxErrorRate", 0.2, "0.01 = 1%"),
     )
 
     @model_validator(mode="after")
-    def _steps_ascending_to_100(self) -> CanarySpec:
-        if self.steps[-1] != 100:
-            raise ValueError("rollout.canary.steps must end at 100")
-        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
-            raise ValueError("rollout.canary.steps must be strictly ascending")
+    def _steps_ascending_to_100(self, info: ValidationInfo) -> CanarySpec:
+        _raise_first(
+            info,
+            [
+                (bool(self.steps) and self.steps[-1] == 100, self.cel_rules[0][1]),
+                (all(b > a for a, b in zip(self.steps, self.steps[1:], strict=False)), self.cel_rules[1][1]),
+                (self.max_latency_regression <= 0.5, self.cel_rules[2][1]),
+                (self.max_error_rate <= 0.2, self.cel_rules[3][1]),
+            ],
+        )
         return self
 
 
@@ -290,7 +483,10 @@ class ParentReference(ApiModel):
         description="Namespace of the Gateway; the SmallModel's own when unset.",
     )
     section_name: str | None = Field(
-        default=None, max_length=253, description="Listener of the Gateway to attach to (all when unset)."
+        default=None,
+        max_length=253,
+        pattern=SECTION_NAME_PATTERN,
+        description="Listener of the Gateway to attach to (all when unset); lowercase, as Gateway API names it.",
     )
 
 
@@ -315,7 +511,9 @@ class SmallModelSpec(ApiModel):
         default=1,
         ge=0,
         le=1000,
-        description="Serving replicas while autoscaling is off (also the scale subresource).",
+        description="Serving replicas while autoscaling is off (also the scale subresource: kubectl scale, an "
+        "HPA). While autoscaling.enabled is true the autoscaler owns the count: leave replicas unset (1, the "
+        "default, which is then ignored); any other value, or scaling to one, is refused.",
     )
     autoscaling: AutoscalingSpec = Field(
         default_factory=AutoscalingSpec, description="Latency-driven scaling of replicas."
@@ -331,13 +529,22 @@ class SmallModelSpec(ApiModel):
             "self.optimize.target != 'tensorrt' || self.serving.gpu.count > 0",
             "optimize.target tensorrt needs GPU serving (serving.gpu.count > 0)",
         ),
+        (
+            "!self.autoscaling.enabled || self.replicas == 1",
+            "spec.replicas is not used while autoscaling.enabled is true: the autoscaler owns the replica count "
+            "(kubectl scale does not apply); leave replicas unset",
+        ),
     )
 
     @model_validator(mode="after")
-    def _gpu_rules(self) -> SmallModelSpec:
+    def _gpu_rules(self, info: ValidationInfo) -> SmallModelSpec:
         gpu = self.serving.gpu.count > 0
-        if self.optimize.precision == "fp16" and not (gpu or self.optimize.target == "tensorrt"):
-            raise ValueError(self.cel_rules[0][1])
-        if self.optimize.target == "tensorrt" and not gpu:
-            raise ValueError(self.cel_rules[1][1])
+        _raise_first(
+            info,
+            [
+                (self.optimize.precision != "fp16" or gpu or self.optimize.target == "tensorrt", self.cel_rules[0][1]),
+                (self.optimize.target != "tensorrt" or gpu, self.cel_rules[1][1]),
+                (not self.autoscaling.enabled or self.replicas == 1, self.cel_rules[2][1]),
+            ],
+        )
         return self

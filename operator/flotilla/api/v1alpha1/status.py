@@ -128,6 +128,11 @@ class SmallModelStatus(StatusModel):
     latency: LatencyStatus | None = Field(default=None, description="Observed serving latency.")
     scaling: ScalingStatus | None = Field(default=None, description="Autoscaler decision.")
     endpoint: str | None = Field(default=None, description="In-cluster URL of Triton's HTTP endpoint.")
+    pruned_fields: list[str] | None = Field(
+        default=None,
+        description="Spec fields the last client-side apply sent that the API server dropped as unknown "
+        "(misspelled?): they have no effect. Apply with strict field validation to have them refused.",
+    )
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
