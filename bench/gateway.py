@@ -14,6 +14,9 @@ server is needed), and this load generator.
 - Ceiling: the gateway pinned to one core (os.sched_setaffinity), closed-loop load with many
   connections; requests/s, with the gateway's own CPU use (from /proc) so the figure can be
   read per gateway core even when the load generator, not the gateway, is what saturates.
+- Floors (unless `--no-floors`): the same ceiling load on a bare aiohttp server (fixed answer)
+  and a bare aiohttp proxy (ClientSession to the same upstream), pinned to the same core; the
+  gateway's CPU per request over theirs.
 
 With `--triton`, then the same gateway in front of the real tritonserver (nvidia-pytriton
 wheel, CPU) serving the optimized SmolLM2 as "chat", the way tests/slow/conftest.py's `triton`
@@ -179,6 +182,53 @@ async def run_gateway(port: int, upstream_port: int) -> None:
     gateway = Gateway(settings, table, Upstream(settings))
     gateway.synced.set()
     await start_site(build_app(gateway), "127.0.0.1", port)
+    await asyncio.Event().wait()
+
+
+async def run_floor(kind: str, port: int, upstream_port: int) -> None:
+    """The floors the gateway is read against, on the same aiohttp server setup as the gateway
+    (uvloop, no access log, handler cancellation): `hello` answers a fixed chat completion
+    (aiohttp's server alone); `proxy` forwards the Triton body to the upstream's /generate with
+    an aiohttp ClientSession (pooled keep-alive, no decompression, no auto headers) and returns
+    its bytes (a bare aiohttp proxy: no parsing, routing, metrics or response shaping)."""
+    from aiohttp import web
+
+    app = web.Application()
+    answer = json.dumps(
+        {
+            "id": "chatcmpl-0123456789abcdef0123456789abcdef",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "chat",
+            "system_fingerprint": "r1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    if kind == "hello":
+
+        async def handle(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(body=answer, headers=headers)
+
+    else:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=60),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        url = f"http://127.0.0.1:{upstream_port}/v2/models/chat/generate"
+
+        async def handle(request: web.Request) -> web.Response:
+            await request.read()
+            async with session.post(url, data=GENERATE, headers=headers) as r:
+                return web.Response(status=r.status, body=await r.read(), headers=headers)
+
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_address=True).start()
     await asyncio.Event().wait()
 
 
@@ -373,10 +423,7 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         if args.connections <= 0:
             return lines
-        before = cpu_seconds(gateway.pid)
-        done, ok, wall = run(closed_loop(gateway_url, CHAT, args.connections, args.seconds))
-        used = cpu_seconds(gateway.pid) - before
-        utilization = used / wall
+        done, ok, wall, used = ceiling_run(gateway, gateway_url, args)
         lines.append(
             {
                 "bench": "gateway.ceiling",
@@ -385,7 +432,7 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "requests": done,
                 "ok": ok == done,
                 "requests_per_second": round(done / wall),
-                "gateway_core_utilization": round(utilization, 3),
+                "gateway_core_utilization": round(used / wall, 3),
                 "requests_per_gateway_cpu_second": round(done / used) if used else None,
                 "target_rps_per_core": 2000,
                 "target_met": done / wall >= 2000,
@@ -394,11 +441,51 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "requests_per_gateway_cpu_second is the gateway's per-core figure",
             }
         )
+        if args.floors:
+            gateway_cpu_ms = used / done * 1000 if done else float("nan")
+            for kind in ("hello", "proxy"):
+                port = free_port()
+                floor = spawn(f"floor-{kind}", port, gateway_core, up_port)
+                try:
+                    wait_port(port)
+                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                    f_done, f_ok, f_wall, f_used = ceiling_run(floor, url, args)
+                finally:
+                    floor.terminate()
+                    floor.wait(10)
+                cpu_ms = f_used / f_done * 1000 if f_done else float("nan")
+                lines.append(
+                    {
+                        "bench": f"gateway.floor_{kind}",
+                        "requests": f_done,
+                        "ok": f_ok == f_done,
+                        "requests_per_second": round(f_done / f_wall),
+                        "core_utilization": round(f_used / f_wall, 3),
+                        "requests_per_cpu_second": round(f_done / f_used) if f_used else None,
+                        "cpu_ms_per_request": round(cpu_ms, 4),
+                        "gateway_cpu_ms_per_request": round(gateway_cpu_ms, 4),
+                        "gateway_over_floor": round(gateway_cpu_ms / cpu_ms, 3),
+                        "note": "the same ceiling load on a bare aiohttp server pinned to the gateway's core: "
+                        + (
+                            "a fixed answer (aiohttp's server alone)"
+                            if kind == "hello"
+                            else "a bare aiohttp proxy (server + ClientSession to the same upstream)"
+                        ),
+                    }
+                )
     finally:
         for proc in (gateway, upstream):
             proc.terminate()
             proc.wait(10)
     return lines
+
+
+def ceiling_run(server: subprocess.Popen[bytes], url: str, args: argparse.Namespace) -> tuple[int, int, float, float]:
+    """Closed loop on `url` (after a second of warm-up): done, ok, wall seconds, the server's CPU seconds."""
+    run(closed_loop(url, CHAT, args.connections, 1.0))
+    before = cpu_seconds(server.pid)
+    done, ok, wall = run(closed_loop(url, CHAT, args.connections, args.seconds))
+    return done, ok, wall, cpu_seconds(server.pid) - before
 
 
 # ---------------------------------------------------------------- the real tritonserver
@@ -695,6 +782,18 @@ def summary_line(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "met_per_gateway_cpu_second": (ceiling["requests_per_gateway_cpu_second"] or 0) >= 2000,
             "requests_per_second": ceiling["requests_per_second"],
             "requests_per_gateway_cpu_second": ceiling["requests_per_gateway_cpu_second"],
+            **{
+                f"{kind}_requests_per_cpu_second": line["requests_per_cpu_second"]
+                for kind in ("hello", "proxy")
+                for line in lines
+                if line["bench"] == f"gateway.floor_{kind}"
+            },
+            **{
+                f"gateway_cpu_over_{kind}": line["gateway_over_floor"]
+                for kind in ("hello", "proxy")
+                for line in lines
+                if line["bench"] == f"gateway.floor_{kind}"
+            },
         },
         "first_token_quarter": None
         if first is None
@@ -724,7 +823,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--triton-connections", type=int, default=8, help="--triton: closed-loop connections (capacity)")
     p.add_argument("--triton-fractions", default="0.3,0.6", help="--triton: open-loop rates, fractions of capacity")
     p.add_argument("--ttft-repeats", type=int, default=10, help="--triton: 64-token answers of each kind")
-    p.add_argument("--role", choices=["bench", "upstream", "gateway"], default="bench", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--no-floors",
+        dest="floors",
+        action="store_false",
+        help="skip the bare aiohttp server and proxy the ceiling is compared with",
+    )
+    p.add_argument(
+        "--role",
+        choices=["bench", "upstream", "gateway", "floor-hello", "floor-proxy"],
+        default="bench",
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -738,7 +848,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role != "bench":
         import uvloop
 
-        uvloop.run(run_upstream(args.port) if args.role == "upstream" else run_gateway(args.port, args.upstream_port))
+        if args.role == "upstream":
+            uvloop.run(run_upstream(args.port))
+        elif args.role == "gateway":
+            uvloop.run(run_gateway(args.port, args.upstream_port))
+        else:
+            uvloop.run(run_floor(args.role.removeprefix("floor-"), args.port, args.upstream_port))
         return 0
     machine = {
         "bench": "gateway.machine",

@@ -52,14 +52,13 @@ class Endpoint:
     ready: bool = True
     terminating: bool = False
     pod: str = ""
+    # Derived once (the request path reads them several times per pick); not compared.
+    address: str = field(init=False, repr=False, compare=False)
+    usable: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def address(self) -> str:
-        return f"{self.ip}:{self.port}"
-
-    @property
-    def usable(self) -> bool:
-        return self.ready and not self.terminating
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", f"{self.ip}:{self.port}")
+        object.__setattr__(self, "usable", self.ready and not self.terminating)
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,9 @@ class ModelRoute:
     def usable(self, role: Role, exclude: Iterable[str] = ()) -> list[Endpoint]:
         if self.revision(role) is None:
             return []
-        skip = set(exclude)
+        skip = exclude if isinstance(exclude, set | frozenset) else set(exclude)
+        if not skip:
+            return [e for e in self.endpoints.get(role, ()) if e.usable]
         return [e for e in self.endpoints.get(role, ()) if e.usable and e.address not in skip]
 
 
@@ -112,6 +113,8 @@ def choose_role(route: ModelRoute, rng: Rng) -> Role:
 
 
 def least_outstanding(candidates: list[Endpoint], outstanding: Mapping[str, int], rng: Rng) -> Endpoint:
+    if len(candidates) == 1:
+        return candidates[0]
     fewest = min(outstanding.get(e.address, 0) for e in candidates)
     best = [e for e in candidates if outstanding.get(e.address, 0) == fewest]
     return best[0] if len(best) == 1 else rng.choice(best)

@@ -10,11 +10,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -33,6 +33,16 @@ from .upstream import RetryableError, Stream, Upstream
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Api = Literal["chat", "completions", "embeddings", "models"]
+
+
+_UNLIMITED = contextlib.nullcontext()
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _uuid4_hex() -> str:
+    """`uuid.uuid4().hex` (the version and variant bits set) without building a UUID object."""
+    return f"{(int.from_bytes(os.urandom(16)) & _UUID4_CLEAR) | _UUID4_SET:032x}"
 
 
 def _seed() -> int:
@@ -89,6 +99,14 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise p.GatewayError("body_too_large", f"The body is over {limit} bytes")
         try:
+            length = request.content_length
+            if length and "Content-Encoding" not in request.headers:
+                # The common case in one read; request.read() loops on readany() (and is what
+                # a compressed or chunked body needs: aiohttp inflates and enforces the limit).
+                try:
+                    return await request.content.readexactly(length)
+                except asyncio.IncompleteReadError as cut:
+                    return cut.partial  # as request.read() of a cut body: invalid JSON, 400
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise p.GatewayError("body_too_large", f"The body is over {limit} bytes") from None
@@ -101,12 +119,14 @@ class Gateway:
         call.model = f"{namespace}/{name}"
         return route, p.model_id(namespace, name, home)
 
+    def _admit(self, grant: Grant | None) -> contextlib.AbstractContextManager[None]:
+        if grant is None or self.settings.per_key_concurrency == 0:
+            return _UNLIMITED
+        return self._count_key(grant)
+
     @contextlib.contextmanager
-    def _admit(self, grant: Grant | None) -> Iterator[None]:
+    def _count_key(self, grant: Grant) -> Iterator[None]:
         limit = self.settings.per_key_concurrency
-        if grant is None or limit == 0:
-            yield
-            return
         if self.per_key.get(grant.client, 0) >= limit:
             raise p.GatewayError("concurrency", f"More than {limit} requests in flight for this key", retry_after=1)
         self.per_key[grant.client] = self.per_key.get(grant.client, 0) + 1
@@ -234,7 +254,7 @@ class Gateway:
         raise self._unavailable(f"The model `{route.name}` did not answer after {len(tried)} attempts: {last}")
 
     def _identity(self, prefix: str, shown: str, revision: str) -> p.Identity:
-        return p.Identity(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), shown, revision)
+        return p.Identity(f"{prefix}-{_uuid4_hex()}", int(time.time()), shown, revision)
 
     def _tokens(self, call: Call, prompt: int | None, completion: int | None) -> None:
         series = self.metrics.series(call.model, call.revision)
@@ -419,7 +439,8 @@ def _error(failure: p.GatewayError) -> web.Response:
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body, content_type="application/json")
+    # The header given as is: content_type= parses and rebuilds it on every response.
+    return web.Response(status=status, body=body, headers={"Content-Type": "application/json"})
 
 
 # ---------------------------------------------------------------- the app
