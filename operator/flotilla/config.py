@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "FLOTILLA_"
 CONFIG_FILE_ENV = "FLOTILLA_CONFIG"
@@ -130,6 +130,34 @@ class OperatorConfig(BaseModel):
         description="auto: exact canary weights on an HTTPRoute per model where the cluster serves the Gateway "
         "API, else in proportion to ready replicas; replicas: always the latter (no HTTPRoute).",
     )
+
+    leader_election: bool = Field(
+        default=False,
+        description="Run as one of several replicas: only the holder of a coordination.k8s.io Lease "
+        "reconciles; a standby takes over when the holder stops renewing (kube/lease.py).",
+    )
+    leader_election_namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="Namespace of the Lease; default: $POD_NAMESPACE, else the first watched namespace, else default.",
+    )
+    leader_election_lease: str = Field(default="flotilla-operator", pattern=DNS_LABEL, description="Lease name.")
+    lease_duration_seconds: float = Field(
+        default=15.0, ge=2, le=300, description="How long a standby waits for an unrenewed Lease."
+    )
+    lease_renew_deadline_seconds: float = Field(
+        default=10.0, ge=1, le=300, description="The holder stops (exits) when it could not renew for this long."
+    )
+    lease_retry_seconds: float = Field(default=2.0, ge=0.2, le=60, description="Renewal and acquisition period.")
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> OperatorConfig:
+        if not self.lease_retry_seconds < self.lease_renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "lease timing must satisfy lease_retry_seconds < lease_renew_deadline_seconds < "
+                "lease_duration_seconds (a holder must give up before a standby may take over)"
+            )
+        return self
 
     @field_validator("namespaces")
     @classmethod

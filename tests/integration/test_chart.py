@@ -71,11 +71,13 @@ def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
         ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"]
         + ["Deployment", "Service", "ServiceAccount"]  # the gateway
         + ["Role", "RoleBinding"] * 2  # the gateway's read rights in each served namespace (a, b)
+        + ["Role", "RoleBinding"]  # the operator's Lease (leader election)
     )
     gateway = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway"))
     env = {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FLOTILLA_GATEWAY_NAMESPACES"] == "a,b"
     operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
+    assert operator["spec"]["replicas"] == 2 and operator["spec"]["strategy"]["type"] == "RollingUpdate"
     selector = operator["spec"]["selector"]["matchLabels"]
     pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
     assert not all(pod_labels.get(k) == v for k, v in selector.items())  # the operator never selects them
@@ -125,8 +127,13 @@ def test_operator_runs_under_the_chart_rbac(
     deployment = crd.kubectl_json("get", "deployment", f"{name}-flotilla", "-n", ns)
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == f"{name}-flotilla"
 
+    account = f"system:serviceaccount:{ns}:{name}-flotilla"
+    assert can_i(crd, account, "update", "leases.coordination.k8s.io", ns)
+    assert not can_i(crd, account, "update", "leases.coordination.k8s.io", namespace)  # only its own namespace
     kubeconfig = token_kubeconfig(crd, ns, f"{name}-flotilla", tmp_path / "sa-kubeconfig")
-    operator = Operator(crd, namespace, tmp_path)
+    # With the chart's leader election: the Lease is taken under the chart's Role.
+    leader = {"FLOTILLA_LEADER_ELECTION": "true", "FLOTILLA_LEADER_ELECTION_NAMESPACE": ns}
+    operator = Operator(crd, namespace, tmp_path, **leader)
     operator.kubeconfig = kubeconfig
     operator.start()
     try:
@@ -196,3 +203,13 @@ def test_gateway_runs_under_the_chart_rbac_and_reads_nothing_else(
         gateway.stop()
     log = gateway.log()
     assert "403" not in log and "orbidden" not in log, log[-3000:]
+
+
+def test_two_operators_without_leader_election_are_refused_by_the_chart(crd: Cluster) -> None:
+    args = ["template", "rel", str(CHART), "--set", "leaderElection.enabled=false"]
+    proc = subprocess.run([str(helm_path()), *args], env=crd.env(), capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "replicas > 1 needs leaderElection.enabled" in proc.stderr
+    single = helm(crd, *args, "--set", "replicas=1")
+    docs = [d for d in yaml.safe_load_all(single) if d]
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
+    assert operator["spec"]["strategy"]["type"] == "Recreate"

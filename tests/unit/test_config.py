@@ -62,3 +62,11 @@ def test_unknown_file_setting_is_rejected(tmp_path: Path) -> None:
     file.write_text("tritn_image: typo\n")
     with pytest.raises(ConfigError, match="TRITN_IMAGE"):
         load_config({"FLOTILLA_CONFIG": str(file)})
+
+
+def test_lease_timing_must_let_a_holder_give_up_before_a_standby_takes_over() -> None:
+    ok = load_config({"FLOTILLA_LEADER_ELECTION": "true", "FLOTILLA_LEASE_DURATION_SECONDS": "4",
+                      "FLOTILLA_LEASE_RENEW_DEADLINE_SECONDS": "3", "FLOTILLA_LEASE_RETRY_SECONDS": "0.5"})  # fmt: skip
+    assert ok.leader_election and ok.lease_duration_seconds == 4
+    with pytest.raises(ConfigError, match="lease_renew_deadline_seconds < lease_duration_seconds"):
+        load_config({"FLOTILLA_LEASE_DURATION_SECONDS": "10", "FLOTILLA_LEASE_RENEW_DEADLINE_SECONDS": "10"})
