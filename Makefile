@@ -21,7 +21,7 @@ help:
 	@echo "make test          every check and test tier (lint, types, unit, integration, e2e)"
 	@echo "make test-unit     the fast tier only"
 	@echo "make cluster-up | cluster-down | cluster-status | cluster-binaries"
-	@echo "make crds          regenerate crds/ from the api models"
+	@echo "make crds          regenerate crds/ and the chart's CRD template from the api models"
 
 # One virtualenv with everything (operator, optimizer, serving, dev tools). uv resolves
 # from the checked-in lock and caches wheels under ~/.cache/uv, so a second install is fast.

@@ -7,6 +7,7 @@ The operator is run here as a local process authenticated as the chart's Service
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from flotilla.api.v1alpha1.spec import SmallModelSpec
 from localcluster.cluster import Cluster, wait_for
 from localcluster.versions import bin_dir, load_versions
 
-from .conftest import NO_NODE, Operator, get
+from .conftest import CRD, NO_NODE, Operator, get
 
 pytestmark = pytest.mark.cluster
 CHART = Path(__file__).resolve().parents[2] / "charts" / "flotilla"
@@ -68,7 +69,8 @@ def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
     ]
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"]
+        ["CustomResourceDefinition"]  # crds.install (default true)
+        + ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"]
         + ["Deployment", "Service", "ServiceAccount"]  # the gateway
         + ["Role", "RoleBinding"] * 2  # the gateway's read rights in each served namespace (a, b)
         + ["Role", "RoleBinding"]  # the operator's Lease (leader election)
@@ -103,7 +105,8 @@ def release(crd: Cluster, namespace: str, tmp_path: Path) -> Iterator[tuple[str,
     values = tmp_path / "values.yaml"
     # No simulated node fakes the operator's or the gateway's pods; the gateway serves `namespace`.
     gateway = {"nodeSelector": NO_NODE, "namespaces": [namespace], "apiKeysSecret": "gateway-keys"}
-    values.write_text(yaml.safe_dump({"nodeSelector": NO_NODE, "gateway": gateway}))
+    # The session's CRD is applied by the `crd` fixture, not owned by these releases.
+    values.write_text(yaml.safe_dump({"nodeSelector": NO_NODE, "gateway": gateway, "crds": {"install": False}}))
     helm(crd, "install", name, str(CHART), "-n", ns, "--create-namespace", "-f", str(values))
     yield name, ns
     helm(crd, "uninstall", name, "-n", ns)
@@ -213,3 +216,80 @@ def test_two_operators_without_leader_election_are_refused_by_the_chart(crd: Clu
     docs = [d for d in yaml.safe_load_all(single) if d]
     operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
     assert operator["spec"]["strategy"]["type"] == "Recreate"
+
+
+def rendered(cluster: Cluster, *args: str) -> list[dict[str, Any]]:
+    out = helm(cluster, "template", "rel", str(CHART), "--kube-version", cluster.server_version, *args)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def crd_documents(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+
+
+def test_chart_crd_is_the_generated_crd(crd: Cluster) -> None:
+    """The chart's CRD template renders exactly crds/ plus the keep annotation: no drift."""
+    (chart_crd,) = crd_documents(rendered(crd))
+    assert chart_crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert chart_crd == yaml.safe_load(CRD.read_text())
+    (not_kept,) = crd_documents(rendered(crd, "--set", "crds.keep=false"))
+    assert "annotations" not in not_kept["metadata"]
+    assert crd_documents(rendered(crd, "--set", "crds.install=false")) == []
+
+
+def crd_description(cluster: Cluster) -> str:
+    crd_object = cluster.kubectl_json("get", "crd", "smallmodels.flotilla.dev")
+    description: str = crd_object["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"]
+    return description
+
+
+def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(crd: Cluster, namespace: str, tmp_path: Path) -> None:
+    """The session's CRD (applied with kubectl) is adopted by a release as README.md says for an
+    install from before the CRD was a template; upgraded with a changed schema; kept on uninstall."""
+    name, ns = f"r{uuid.uuid4().hex[:6]}", f"flotilla-system-{uuid.uuid4().hex[:6]}"
+    crd_name = "smallmodels.flotilla.dev"
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"nodeSelector": NO_NODE, "gateway": {"enabled": False}}))
+    original = crd_description(crd)
+    changed = tmp_path / "flotilla"
+    shutil.copytree(CHART, changed)
+    template = changed / "templates" / "crds" / "smallmodels.yaml"
+    template.write_text(template.read_text().replace(original, original + " Upgraded by helm."))
+    try:
+        crd.kubectl("label", "crd", crd_name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        crd.kubectl(
+            "annotate", "crd", crd_name, f"meta.helm.sh/release-name={name}",
+            f"meta.helm.sh/release-namespace={ns}", "--overwrite",
+        )  # fmt: skip
+        helm(crd, "install", name, str(CHART), "-n", ns, "--create-namespace", "-f", str(values))
+        annotations = crd.kubectl_json("get", "crd", crd_name)["metadata"]["annotations"]
+        assert annotations["helm.sh/resource-policy"] == "keep"
+        assert crd_description(crd) == original
+
+        helm(crd, "upgrade", name, str(changed), "-n", ns, "-f", str(values))
+        assert crd_description(crd) == original + " Upgraded by helm."  # crds/ would have stayed as installed
+
+        body = {
+            "apiVersion": "flotilla.dev/v1alpha1",
+            "kind": "SmallModel",
+            "metadata": {"name": "kept"},
+            "spec": {"source": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}},
+        }
+        crd.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+        helm(crd, "uninstall", name, "-n", ns)
+        assert get(crd, "crd", "default", crd_name), "helm uninstall deleted the CRD"
+        assert get(crd, "smallmodel", namespace, "kept"), "helm uninstall deleted a user's SmallModel"
+        assert get(crd, "deployment", ns, f"{name}-flotilla") is None  # the rest is gone
+    finally:
+        helm_args = ["uninstall", name, "-n", ns, "--ignore-not-found"]
+        subprocess.run([str(helm_path()), *helm_args], env=crd.env(), capture_output=True, check=False)
+        crd.kubectl("delete", "smallmodel", "kept", "-n", namespace, "--ignore-not-found", check=False)
+        crd.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        # Back to the session's CRD, owned by nobody.
+        crd.kubectl(
+            "annotate", "crd", crd_name, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-",
+            "helm.sh/resource-policy-", check=False,
+        )  # fmt: skip
+        crd.kubectl("label", "crd", crd_name, "app.kubernetes.io/managed-by-", check=False)
+        crd.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    assert crd_description(crd) == original
