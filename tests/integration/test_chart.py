@@ -293,3 +293,26 @@ def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(crd: Cluster, names
         crd.kubectl("label", "crd", crd_name, "app.kubernetes.io/managed-by-", check=False)
         crd.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     assert crd_description(crd) == original
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("replicsa=2", "additional properties 'replicsa' not allowed"),  # a typo
+        ("replicas=two", "at '/replicas': got string, want integer"),  # a wrong type
+        ("gateway.imge.tag=x", "additional properties 'imge' not allowed"),  # a typo one level down
+        ("config.trafficSplit=weights", "at '/config/trafficSplit'"),  # not one of the choices
+    ],
+)
+def test_values_schema_refuses_typos_and_wrong_types(setting: str, error: str) -> None:
+    for command in (["lint", str(CHART), "--strict"], ["template", "rel", str(CHART)]):
+        proc = subprocess.run(
+            [str(helm_path()), *command, "--set", setting], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode != 0 and error in proc.stdout + proc.stderr, (command, proc.stdout + proc.stderr)
+
+
+def test_values_schema_accepts_what_the_chart_documents(crd: Cluster) -> None:
+    docs = rendered(crd, "--set", "replicas=3", "--set", "gateway.service.type=NodePort", "--set", "global.x=1")
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
+    assert operator["spec"]["replicas"] == 3
