@@ -316,3 +316,17 @@ def test_values_schema_accepts_what_the_chart_documents(crd: Cluster) -> None:
     docs = rendered(crd, "--set", "replicas=3", "--set", "gateway.service.type=NodePort", "--set", "global.x=1")
     operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
     assert operator["spec"]["replicas"] == 3
+
+
+def test_notes_say_what_to_do_next(crd: Cluster) -> None:
+    install = ["install", "rel", str(CHART), "-n", "flo", "--dry-run=client", "--set", "crds.install=false"]
+    notes = helm(crd, *install).split("NOTES:", 1)[1]
+    assert "kubectl -n flo rollout status deployment/rel-flotilla" in notes  # the operator
+    assert "get lease rel-flotilla" in notes
+    assert "examples/01-smollm2/smallmodel-hf.yaml" in notes and (CHART.parents[1] / "examples/01-smollm2").is_dir()
+    assert "http://rel-flotilla-gateway.flo.svc:80/v1" in notes  # the gateway address
+    assert "No API keys are set" in notes
+    keyed = helm(crd, *install, "--set", "gateway.apiKeysSecret=keys", "--set", "gateway.service.type=LoadBalancer")
+    assert "No API keys" not in keyed and ".status.loadBalancer.ingress" in keyed
+    no_gateway = helm(crd, *install, "--set", "gateway.enabled=false", "--set", "config.namespaces={a,b}")
+    assert "gateway is off" in no_gateway and "kubectl apply -n a -f" in no_gateway
