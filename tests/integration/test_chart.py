@@ -330,3 +330,46 @@ def test_notes_say_what_to_do_next(crd: Cluster) -> None:
     assert "No API keys" not in keyed and ".status.loadBalancer.ingress" in keyed
     no_gateway = helm(crd, *install, "--set", "gateway.enabled=false", "--set", "config.namespaces={a,b}")
     assert "gateway is off" in no_gateway and "kubectl apply -n a -f" in no_gateway
+
+
+def test_pull_secrets_annotations_env_and_optimizer_job_settings(crd: Cluster, tmp_path: Path) -> None:
+    values = {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podAnnotations": {"example.com/team": "ml"},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        "gateway": {"podAnnotations": {"example.com/gw": "yes"}, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+        "config": {"optimizerCpu": 4, "optimizerMemory": "16Gi", "optimizerDeadlineSeconds": 900},
+    }
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    docs = rendered(crd, "-f", str(tmp_path / "values.yaml"))
+    deployments = {d["metadata"]["name"]: d["spec"]["template"] for d in docs if d["kind"] == "Deployment"}
+    operator, gateway = deployments["rel-flotilla"], deployments["rel-flotilla-gateway"]
+    for pod in (operator, gateway):
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert operator["metadata"]["annotations"]["example.com/team"] == "ml"
+    assert "checksum/config" in operator["metadata"]["annotations"]  # kept beside the user's
+    assert gateway["metadata"]["annotations"] == {"example.com/gw": "yes"}
+    operator_env = {e["name"]: e.get("value") for e in operator["spec"]["containers"][0]["env"]}
+    assert operator_env["HTTPS_PROXY"] == "http://proxy:3128" and "POD_NAME" in operator_env
+    gateway_env = {e["name"]: e.get("value") for e in gateway["spec"]["containers"][0]["env"]}
+    assert gateway_env["TZ"] == "UTC" and "FLOTILLA_GATEWAY_NAMESPACES" in gateway_env
+
+    from flotilla.config import load_config
+
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config({"FLOTILLA_CONFIG": str(path)})
+    assert (loaded.optimizer_cpu, loaded.optimizer_memory, loaded.optimizer_deadline_seconds) == ("4", "16Gi", 900)
+    defaults = yaml.safe_load(next(d for d in rendered(crd) if d["kind"] == "ConfigMap")["data"]["config.yaml"])
+    path.write_text(yaml.safe_dump(defaults))
+    default = load_config({"FLOTILLA_CONFIG": str(path)})
+    assert default.optimizer_cpu == "2" and default.optimizer_memory == "12Gi"
+    assert default.optimizer_deadline_seconds == 7200
+    assert "imagePullSecrets" not in operator_pod_spec(rendered(crd))
+
+
+def operator_pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
