@@ -43,11 +43,15 @@ def helm(cluster: Cluster, *args: str) -> str:
     return proc.stdout
 
 
-def test_chart_lints() -> None:
-    proc = subprocess.run(
-        [str(helm_path()), "lint", str(CHART), "--strict"], capture_output=True, text=True, check=False
-    )
+@pytest.mark.parametrize("values", [None, "namespaced-values.yaml"])
+def test_chart_lints(values: str | None) -> None:
+    """With the default values and with a per-namespace release's (charts/flotilla/ci/)."""
+    args = [str(helm_path()), "lint", str(CHART), "--strict"]
+    if values:
+        args += ["-f", str(CHART / "ci" / values)]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
 
 
 def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
@@ -373,3 +377,35 @@ def operator_pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
     deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla")
     spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
     return spec
+
+
+def test_namespaced_values_render_a_release_per_namespace(crd: Cluster) -> None:
+    docs = rendered(crd, "-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    assert crd_documents(docs) == []
+    roles = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role")
+    assert roles == [("default", "rel-flotilla-gateway-keys"), ("team-a", "rel-flotilla-gateway")]
+
+
+def test_install_yaml_is_fresh_and_the_api_server_accepts_it(crd: Cluster) -> None:
+    """dist/install.yaml, for users without Helm: the chart as rendered now, and valid."""
+    from localcluster import installyaml
+
+    assert installyaml.main(["--check"]) == 0, "dist/install.yaml is stale: run `make install-yaml`"
+    docs = [d for d in yaml.safe_load_all(installyaml.OUT.read_text()) if d]
+    assert docs[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "flotilla-system", "labels": {"app.kubernetes.io/part-of": "flotilla"}},
+    }
+    (plain_crd,) = crd_documents(docs)
+    assert plain_crd == yaml.safe_load(CRD.read_text())
+    # A server-side dry run puts nothing in place, the namespace included: it must exist.
+    created = crd.kubectl("create", "namespace", installyaml.NAMESPACE, check=False).returncode == 0
+    try:
+        for mode in (["--server-side"], []):
+            out = crd.kubectl("apply", *mode, "--dry-run=server", "-f", str(installyaml.OUT)).stdout
+            assert "deployment.apps/flotilla-flotilla " in out and "(server dry run)" in out, out
+    finally:
+        if created:
+            crd.kubectl("delete", "namespace", installyaml.NAMESPACE, "--wait=false", check=False)
+    assert get(crd, "deployment", installyaml.NAMESPACE, "flotilla-flotilla") is None  # nothing applied
