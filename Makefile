@@ -13,7 +13,7 @@ LOCAL := $(PY) -m localcluster
 export PYTHONPATH := $(CURDIR)/e2e
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv lock cluster-binaries cluster-up cluster-down cluster-status crds lint typecheck \
+.PHONY: help venv lock cluster-binaries cluster-up cluster-down cluster-status crds install-yaml lint typecheck \
         test test-unit test-integration test-e2e demo demo-down bench clean
 
 help:
@@ -21,7 +21,8 @@ help:
 	@echo "make test          every check and test tier (lint, types, unit, integration, e2e)"
 	@echo "make test-unit     the fast tier only"
 	@echo "make cluster-up | cluster-down | cluster-status | cluster-binaries"
-	@echo "make crds          regenerate crds/ from the api models"
+	@echo "make crds          regenerate crds/ and the chart's CRD template from the api models"
+	@echo "make install-yaml  regenerate dist/install.yaml (the chart rendered for kubectl; needs helm built)"
 
 # One virtualenv with everything (operator, optimizer, serving, dev tools). uv resolves
 # from the checked-in lock and caches wheels under ~/.cache/uv, so a second install is fast.
@@ -55,6 +56,10 @@ cluster-status: $(STAMP)
 
 crds: $(STAMP)
 	@$(PY) -m flotilla crds
+
+# The chart rendered with fixed values for users without Helm (a test checks it is fresh).
+install-yaml: $(STAMP)
+	@$(PY) -m localcluster.installyaml
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check .

@@ -38,7 +38,14 @@ class Operator(OperatorProcess):
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> Cluster:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/smallmodels.flotilla.dev", "--timeout=60s")
+
+    # Not `kubectl wait`: just after creation the CRD has no status.conditions yet, and
+    # kubectl wait fails on that ("<nil> is of the type <nil>") instead of waiting.
+    def established() -> bool:
+        conditions = cluster.kubectl_json("get", "crd", "smallmodels.flotilla.dev").get("status", {}).get("conditions")
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions or [])
+
+    wait_for(established, timeout=60, what="the SmallModel CRD established")
     return cluster
 
 

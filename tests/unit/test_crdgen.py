@@ -88,3 +88,22 @@ def test_check_detects_staleness(tmp_path: Path) -> None:
     assert crdgen.main(["--check", "--out", str(stale)]) == 1
     assert crdgen.main(["--out", str(stale)]) == 0
     assert crdgen.main(["--check", "--out", str(stale)]) == 0
+
+
+def test_chart_template_is_the_crd_wrapped_for_helm() -> None:
+    """Drop the Helm lines (the `crds.install` guard, the `crds.keep` annotation) and the
+    template is the plain CRD, text for text (test_chart.py also compares helm's rendering)."""
+    template = crdgen.render_chart_template().splitlines()
+    helm_lines = {i for i, line in enumerate(template) if "{{" in line}
+    keep = template.index("  annotations:")
+    plain = [line for i, line in enumerate(template) if i not in helm_lines | {keep, keep + 1}]
+    assert plain[1:] == crdgen.render().splitlines()[1:]  # the header line differs
+    assert "helm.sh/resource-policy: keep" in template[keep + 1]
+
+
+def test_check_covers_the_chart_template(tmp_path: Path) -> None:
+    stale = tmp_path / "smallmodels.yaml"
+    stale.write_text(crdgen.render())  # the plain CRD where the template belongs
+    assert crdgen.main(["--check", "--chart-out", str(stale)]) == 1
+    assert crdgen.main(["--chart-out", str(stale)]) == 0
+    assert crdgen.main(["--check", "--chart-out", str(stale)]) == 0
