@@ -69,7 +69,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	@$(VENV)/bin/mypy
 
+# kstatus (sigs.k8s.io/cli-utils, e2e/tools/kstatus) is a Go build, cached by version:
+# tests/unit/test_gitops.py checks the conditions with kstatus's own computation.
 test-unit: $(STAMP)
+	@$(LOCAL) build kstatus
 	@$(PY) -m pytest tests/unit -m "not cluster and not slow"
 
 # The README's test command. Everything: static checks, CRDs fresh, unit, integration

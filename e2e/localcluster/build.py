@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .versions import Versions, bin_dir, cache_root, load_versions, manifests_dir
+from .versions import TOOLS_DIR, Versions, bin_dir, cache_root, kstatus_version, load_versions, manifests_dir
 
 RETRY_HINT = "retry with: make cluster-binaries"
 
@@ -248,6 +248,23 @@ def build_installed(
     return build
 
 
+def build_tool(name: str) -> Callable[[Path, Path], None]:
+    """One of our own Go programs (e2e/tools/<name>: main.go, go.mod, go.sum checked in),
+    built from a copy with `-mod=readonly`: the checked-in go.sum is the whole truth, and a
+    dependency it does not list fails the build instead of being added."""
+
+    def build(work: Path, out: Path) -> None:
+        src = work / "src"
+        src.mkdir()
+        for path in (TOOLS_DIR / name).iterdir():
+            if path.name in {"go.mod", "go.sum"} or path.suffix == ".go":
+                shutil.copy(path, src / path.name)
+        args = ["build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(out / name), "."]
+        run_go(args, src, "go build", work / "build.log", env={"GOFLAGS": "-mod=readonly"})
+
+    return build
+
+
 def helm_ldflags(version: str, helm_gomod: str) -> str:
     """What helm's Makefile sets: its version, and the Kubernetes version of the client-go it
     compiles against as the default `.Capabilities.KubeVersion` (unset, `helm template`
@@ -348,6 +365,8 @@ def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
                 PROMETHEUS_TAGS,
             ),
         ),
+        # Test tool, not a cluster binary: kstatus's own verdict (tests/unit/test_gitops.py).
+        Group("kstatus", kstatus_version(), ("kstatus",), build_tool("kstatus")),
     ]
 
 

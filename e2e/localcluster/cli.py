@@ -19,7 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the missing binaries into ~/.cache/flotilla/bin")
-    b.add_argument("groups", nargs="*", help="only these groups: kubernetes etcd kwok helm")
+    b.add_argument(
+        "groups", nargs="*", help="only these groups: kubernetes etcd kwok gateway-api helm prometheus kstatus"
+    )
     sub.add_parser("up", help="start the cluster (or reuse a running one) and wait until nodes are Ready")
     sub.add_parser("down", help="stop every cluster process (by pid) and remove its data")
     sub.add_parser("status", help=f"describe the cluster; exit {NOT_RUNNING} when it is not running")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 E2E_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = E2E_DIR.parent
 VERSIONS_FILE = E2E_DIR / "versions.env"
+TOOLS_DIR = E2E_DIR / "tools"
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,23 @@ def bin_dir(component: str, version: str) -> Path:
 def manifests_dir(component: str, version: str) -> Path:
     """Cached upstream manifests (not binaries), e.g. the Gateway API CRDs, by version."""
     return cache_root() / "manifests" / f"{component}-{version}"
+
+
+def tool_version(name: str, module: str) -> str:
+    """Cache key of one of our own Go test tools (e2e/tools/<name>): the version of `module`
+    its go.mod pins (the pin lives there, next to go.sum, not in versions.env), plus a hash
+    of its go.mod, go.sum and sources, so an edit to the program is a new cache entry too."""
+    src = TOOLS_DIR / name
+    gomod = (src / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", gomod, re.M)
+    if match is None:
+        raise SystemExit(f"{src / 'go.mod'}: no requirement on {module}")
+    digest = hashlib.sha256()
+    for path in sorted([src / "go.mod", src / "go.sum", *src.glob("*.go")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{match.group(1)}-{digest.hexdigest()[:8]}"
+
+
+def kstatus_version() -> str:
+    """e2e/tools/kstatus: sigs.k8s.io/cli-utils' status.Compute on stdin's objects."""
+    return tool_version("kstatus", "sigs.k8s.io/cli-utils")
