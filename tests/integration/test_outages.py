@@ -67,3 +67,29 @@ def test_operator_rides_out_a_frozen_component(
     finally:
         watch.stop.set()
         watch.thread.join()
+
+
+def test_a_lost_optimizer_pod_is_replaced_by_the_job_and_the_artifact_made_once(
+    operator: Operator, kubelet: Kubelet, namespace: str
+) -> None:
+    """The Job's pod deleted mid-run (its node gone): the Job controller starts another, whose
+    result is the one read; the model has one Job throughout (the optimizer's own publish is
+    atomic: tests/unit/test_optimize.py)."""
+    cluster = operator.cluster
+    key = key_for(SPEC)
+    job = f"chat-opt-{key[:8]}"
+    apply(cluster, namespace, manifest("chat"))
+    wait_for(lambda: get(cluster, "job", namespace, job), timeout=60, what=f"Job {job}")
+    uid = get(cluster, "job", namespace, job)["metadata"]["uid"]
+    lost = wait_job_pod(cluster, namespace, job)
+    cluster.kubectl("delete", "pod", lost, "-n", namespace, "--grace-period=0", "--force")
+
+    def replacement() -> str | None:
+        pods = get(cluster, "pods", namespace, selector=f"batch.kubernetes.io/job-name={job}") or {"items": []}
+        names = [p["metadata"]["name"] for p in pods["items"] if p["metadata"]["name"] != lost]
+        return names[0] if names else None
+
+    kubelet.finish(wait_for(replacement, timeout=60, what="the Job's replacement pod"), 0, good_summary(key))
+    optimized = wait_condition(cluster, namespace, "chat", "Optimized", "True")
+    assert get(cluster, "job", namespace, job)["metadata"]["uid"] == uid  # the same Job, not a second
+    assert "int8" in optimized["message"]
