@@ -129,14 +129,13 @@ class Controller:
         for key in list(self._queued):
             self.kick(*key)
 
-    def _count_slots(self, model: SmallModel, observed: Observed) -> Observed:
+    def _count_slots(self, observed: Observed) -> Observed:
         """Jobs running by the index, plus those we created that the index may not show yet."""
         now = time.monotonic()
         for job, at in list(self._created_jobs.items()):
             if now - at > JOB_INDEX_GRACE_SECONDS:
                 del self._created_jobs[job]
-        mine = {(model.metadata.namespace, j.name) for j in observed.jobs}
-        unseen = sum(1 for job in self._created_jobs if job not in mine)
+        unseen = sum(1 for job in self._created_jobs if job not in observed.indexed_jobs)
         return replace(observed, optimizations_running=observed.optimizations_running + unseen)
 
     def _needs_slot(self, model: SmallModel, observed: Observed) -> bool:
@@ -282,7 +281,7 @@ class Controller:
             result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
             return result, await execute(self.kube, model, result, observed, dict(body), self._applied)
         async with self._job_slots:  # count, decide and create before the next model counts
-            observed = self._count_slots(model, observed)
+            observed = self._count_slots(observed)
             result = plan(model, observed, Context(self.config, self.clock(), self.renderer))
             version = await execute(self.kube, model, result, observed, dict(body), self._applied)
             self._after(model, result)

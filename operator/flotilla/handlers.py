@@ -121,6 +121,7 @@ def _observed(memo: kopf.Memo, key: Key, indexes: dict[str, Any]) -> Observed:
         optimizations_running=sum(
             1 for views in indexes["jobs"].values() for job in views if not (job.complete or job.failed)
         ),
+        indexed_jobs=frozenset((owner[0], job.name) for owner, views in indexes["jobs"].items() for job in views),
     )
 
 

@@ -263,8 +263,11 @@ class Observed:
     # The gateway's count of requests for this model, read only while it is at zero (no pods
     # to read demand from): see scaling.at_zero.
     gateway_demand: Demand | None = None
-    # Optimization Jobs running now across every watched namespace (the fleet-wide cap).
+    # Optimization Jobs running now across every watched namespace (the fleet-wide cap), and
+    # every Job the watch has shown, as (namespace, name): a Job we just created but the watch
+    # has not shown yet counts as running too (controller.py).
     optimizations_running: int = 0
+    indexed_jobs: frozenset[tuple[str, str]] = frozenset()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobView | None:
