@@ -35,8 +35,7 @@ class Operator(OperatorProcess):
         self.cluster = cluster
 
 
-@pytest.fixture(scope="session")
-def crd(cluster: Cluster) -> Cluster:
+def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
 
     # Not `kubectl wait`: just after creation the CRD has no status.conditions yet, and
@@ -46,7 +45,22 @@ def crd(cluster: Cluster) -> Cluster:
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions or [])
 
     wait_for(established, timeout=60, what="the SmallModel CRD established")
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> Cluster:
+    install_crd(cluster)
     return cluster
+
+
+@pytest.fixture(autouse=True)
+def crd_after_restarts(request: pytest.FixtureRequest) -> None:
+    """Tests marked cluster_restart run last, after others that re-create the cluster (losing
+    the CRD the session fixture installed): such a test that uses the CRD gets it again."""
+    if request.node.get_closest_marker("cluster_restart") and "crd" in request.fixturenames:
+        cluster: Cluster = request.getfixturevalue("crd")
+        if cluster.kubectl("get", "crd", "smallmodels.flotilla.dev", check=False).returncode != 0:
+            install_crd(cluster)
 
 
 @pytest.fixture
