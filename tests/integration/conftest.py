@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,21 +179,15 @@ def driver() -> Iterator[MetricsDriver]:
 
 
 @pytest.fixture
-def metrics_operator(
-    crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory, driver: MetricsDriver
+def operator_with(
+    crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Operator]]:
-    """Start the operator scraping `driver` once a second, with extra FLOTILLA_* settings."""
+    """Start operators (any number) watching the test's namespace, with extra FLOTILLA_*
+    settings; at the end the models are deleted while they still run, then they stop."""
     started: list[Operator] = []
 
     def start(**settings: str) -> Operator:
-        op = Operator(
-            crd,
-            namespace,
-            tmp_path_factory.mktemp("operator"),
-            FLOTILLA_METRICS_URL_TEMPLATE=driver.url_template,
-            FLOTILLA_METRICS_INTERVAL_SECONDS="1",
-            **settings,
-        )
+        op = Operator(crd, namespace, tmp_path_factory.mktemp("operator"), **settings)
         op.start()
         started.append(op)
         return op
@@ -201,3 +196,56 @@ def metrics_operator(
     crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
     for op in started:
         op.stop()
+        if "Traceback" in op.log():
+            sys.stderr.write(f"--- operator log ({op.log_path}) ---\n{op.log()[-6000:]}\n")
+
+
+@pytest.fixture
+def metrics_operator(operator_with: Callable[..., Operator], driver: MetricsDriver) -> Callable[..., Operator]:
+    """Start the operator scraping `driver` once a second, with extra FLOTILLA_* settings."""
+
+    def start(**settings: str) -> Operator:
+        return operator_with(
+            FLOTILLA_METRICS_URL_TEMPLATE=driver.url_template, FLOTILLA_METRICS_INTERVAL_SECONDS="1", **settings
+        )
+
+    return start
+
+
+def active_jobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    jobs = get(cluster, "jobs", namespace, selector="flotilla.dev/component=optimizer")
+    items = jobs["items"] if jobs else []
+    finished = ("Complete", "Failed")
+    return [
+        j
+        for j in items
+        if not any(c["type"] in finished and c["status"] == "True" for c in j.get("status", {}).get("conditions", []))
+    ]
+
+
+class Watch:
+    """Counts active Jobs every 0.2 s for the whole test: the most seen at once, and every UID."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.most = 0
+        self.uids: dict[str, str] = {}  # uid -> Job name
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            active = active_jobs(self.cluster, self.namespace)
+            self.most = max(self.most, len(active))
+            for j in active:
+                self.uids[j["metadata"]["uid"]] = j["metadata"]["name"]
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def watch(crd: Cluster, namespace: str) -> Iterator[Watch]:
+    w = Watch(crd, namespace)
+    w.thread.start()
+    yield w
+    w.stop.set()
+    w.thread.join()

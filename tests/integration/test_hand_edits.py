@@ -19,14 +19,19 @@ from .test_operator import SPEC, apply, finish_optimization, manifest, wait_cond
 pytestmark = pytest.mark.cluster
 
 
+def serve_chat(operator: Operator, kubelet: Kubelet, namespace: str) -> str:
+    """The model `chat` optimized and Ready; its serving revision."""
+    apply(operator.cluster, namespace, manifest("chat"))
+    key = finish_optimization(operator.cluster, kubelet, namespace, "chat", SPEC)
+    wait_condition(operator.cluster, namespace, "chat", "Ready", "True")
+    return serving_revision(key, SmallModelSpec.model_validate(SPEC).serving)
+
+
 def test_hand_edits_of_the_deployment_and_a_service_are_put_back(
     operator: Operator, kubelet: Kubelet, namespace: str, artifact_store: str
 ) -> None:
     cluster = operator.cluster
-    apply(cluster, namespace, manifest("chat"))
-    key = finish_optimization(cluster, kubelet, namespace, "chat", SPEC)
-    wait_condition(cluster, namespace, "chat", "Ready", "True")
-    revision = serving_revision(key, SmallModelSpec.model_validate(SPEC).serving)
+    revision = serve_chat(operator, kubelet, namespace)
     deployment = f"chat-{revision[:8]}"
     image = get(cluster, "deployment", namespace, deployment)["spec"]["template"]["spec"]["containers"][0]["image"]
     selector = get(cluster, "service", namespace, "chat-stable")["spec"]["selector"]
@@ -55,10 +60,7 @@ def test_an_immutable_config_map_rendered_differently_is_replaced_not_wedged(
 ) -> None:
     """As after an operator upgrade whose config.pbtxt differs for an existing revision."""
     cluster = operator.cluster
-    apply(cluster, namespace, manifest("chat"))
-    key = finish_optimization(cluster, kubelet, namespace, "chat", SPEC)
-    wait_condition(cluster, namespace, "chat", "Ready", "True")
-    revision = serving_revision(key, SmallModelSpec.model_validate(SPEC).serving)
+    revision = serve_chat(operator, kubelet, namespace)
     name = config_map_name("chat", revision)
     ours = get(cluster, "configmap", namespace, name)
     operator.stop()

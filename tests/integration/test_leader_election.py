@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,8 +16,7 @@ from flotilla.api.v1alpha1 import serving_revision
 from flotilla.api.v1alpha1.spec import SmallModelSpec
 from localcluster.cluster import Cluster, wait_for
 
-from .conftest import Kubelet, Operator, get
-from .test_job_fleet import Watch
+from .conftest import Kubelet, Operator, Watch, get
 from .test_operator import SPEC, apply, good_summary, key_for, manifest, wait_condition, wait_job_pod
 
 pytestmark = pytest.mark.cluster
@@ -46,49 +46,43 @@ def deployments(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
 
 
 def test_the_standby_takes_over_from_a_killed_leader_without_duplicates(
-    crd: Cluster, namespace: str, kubelet: Kubelet, artifact_store: str, tmp_path_factory: pytest.TempPathFactory
+    crd: Cluster,
+    namespace: str,
+    kubelet: Kubelet,
+    artifact_store: str,
+    watch: Watch,
+    operator_with: Callable[..., Operator],
 ) -> None:
     settings = {**FAST_LEASE, "FLOTILLA_LEADER_ELECTION_NAMESPACE": namespace}
-    ops = [Operator(crd, namespace, tmp_path_factory.mktemp(f"op{i}"), **settings) for i in range(2)]
-    watch = Watch(crd, namespace)
-    watch.thread.start()
-    try:
-        for op in ops:
-            op.start()
-        wait_for(lambda: all("waiting for Lease" in op.log() for op in ops), timeout=60, what="both replicas up")
-        wait_for(lambda: holder(crd, namespace), timeout=60, what="a Lease holder")
-        wait_for(lambda: any("leads" in op.log() for op in ops), timeout=60, what="a leader's log")
-        leader, standby = leader_of(ops)
-        assert "waiting for Lease" in standby.log() and "leads" not in standby.log()
-        first = holder(crd, namespace)
+    ops = [operator_with(**settings) for _ in range(2)]
+    wait_for(lambda: all("waiting for Lease" in op.log() for op in ops), timeout=60, what="both replicas up")
+    wait_for(lambda: holder(crd, namespace), timeout=60, what="a Lease holder")
+    wait_for(lambda: any("leads" in op.log() for op in ops), timeout=60, what="a leader's log")
+    leader, standby = leader_of(ops)
+    assert "waiting for Lease" in standby.log() and "leads" not in standby.log()
+    first = holder(crd, namespace)
 
-        key = key_for(SPEC)
-        apply(crd, namespace, manifest("a"))
-        wait_for(lambda: get(crd, "job", namespace, f"a-opt-{key[:8]}"), timeout=60, what="Job of a")
-        apply(crd, namespace, manifest("b"))  # the leader is killed while b's reconcile may be mid-write
-        os.kill(leader.pid or 0, signal.SIGKILL)
-        killed = time.monotonic()
-        wait_for(lambda: holder(crd, namespace) not in (None, first), timeout=60, what="the standby holds the Lease")
-        failover = time.monotonic() - killed
-        wait_for(lambda: "leads" in standby.log(), timeout=30, what="the standby leads")
+    key = key_for(SPEC)
+    apply(crd, namespace, manifest("a"))
+    wait_for(lambda: get(crd, "job", namespace, f"a-opt-{key[:8]}"), timeout=60, what="Job of a")
+    apply(crd, namespace, manifest("b"))  # the leader is killed while b's reconcile may be mid-write
+    os.kill(leader.pid or 0, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: holder(crd, namespace) not in (None, first), timeout=60, what="the standby holds the Lease")
+    failover = time.monotonic() - killed
+    wait_for(lambda: "leads" in standby.log(), timeout=30, what="the standby leads")
 
-        for name in ("a", "b"):
-            job = f"{name}-opt-{key[:8]}"
-            wait_for(lambda job=job: get(crd, "job", namespace, job), timeout=60, what=f"Job {job}")
-            kubelet.finish(wait_job_pod(crd, namespace, job), 0, good_summary(key))
-            wait_condition(crd, namespace, name, "Ready", "True")
-        print(f"\n[leader-election] SIGKILLed leader -> standby holds the Lease in {failover:.1f} s (duration 4 s)")
+    for name in ("a", "b"):
+        job = f"{name}-opt-{key[:8]}"
+        wait_for(lambda job=job: get(crd, "job", namespace, job), timeout=60, what=f"Job {job}")
+        kubelet.finish(wait_job_pod(crd, namespace, job), 0, good_summary(key))
+        wait_condition(crd, namespace, name, "Ready", "True")
+    print(f"\n[leader-election] SIGKILLed leader -> standby holds the Lease in {failover:.1f} s (duration 4 s)")
 
-        revision = serving_revision(key, SmallModelSpec.model_validate(SPEC).serving)
-        names = sorted(d["metadata"]["name"] for d in deployments(crd, namespace))
-        assert names == [f"a-{revision[:8]}", f"b-{revision[:8]}"]
-        assert sorted(watch.uids.values()) == [f"a-opt-{key[:8]}", f"b-opt-{key[:8]}"]  # one Job UID each
-        crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s")  # while it leads
-        standby.stop()  # a clean stop gives the Lease up: the next replica need not wait it out
-        assert holder(crd, namespace) is None, standby.log()[-2000:]
-    finally:
-        watch.stop.set()
-        watch.thread.join()
-        crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
-        for op in ops:
-            op.stop()
+    revision = serving_revision(key, SmallModelSpec.model_validate(SPEC).serving)
+    names = sorted(d["metadata"]["name"] for d in deployments(crd, namespace))
+    assert names == [f"a-{revision[:8]}", f"b-{revision[:8]}"]
+    assert sorted(watch.uids.values()) == [f"a-opt-{key[:8]}", f"b-opt-{key[:8]}"]  # one Job UID each
+    crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s")  # while it leads
+    standby.stop()  # a clean stop gives the Lease up: the next replica need not wait it out
+    assert holder(crd, namespace) is None, standby.log()[-2000:]

@@ -11,9 +11,8 @@ import pytest
 
 from localcluster.cluster import Cluster, wait_for
 
-from .conftest import Kubelet, Operator, get
+from .conftest import Kubelet, Operator, Watch, get
 from .test_cluster import component_pids, wait_running_again
-from .test_job_fleet import Watch
 from .test_operator import SPEC, apply, good_summary, key_for, manifest, wait_condition, wait_job_pod
 
 pytestmark = pytest.mark.cluster

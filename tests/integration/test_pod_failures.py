@@ -5,9 +5,8 @@ pod with a failure image the container status a real kubelet reports for that fa
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,26 +23,6 @@ CPU_POOL = {"localcluster.flotilla.dev/pool": "cpu"}
 
 def image(failure: str) -> str:
     return f"fail.kwok.flotilla.dev/{failure}:v1"
-
-
-@pytest.fixture
-def operator_with(
-    crd: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Operator]]:
-    started: list[Operator] = []
-
-    def start(**settings: str) -> Operator:
-        op = Operator(crd, namespace, tmp_path_factory.mktemp("operator"), **settings)
-        op.start()
-        started.append(op)
-        return op
-
-    yield start
-    crd.kubectl("delete", "smallmodels", "--all", "-n", namespace, "--timeout=60s", check=False)
-    for op in started:
-        op.stop()
-        if "Traceback" in op.log():
-            sys.stderr.write(f"--- operator log ({op.log_path}) ---\n{op.log()[-6000:]}\n")
 
 
 def events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
