@@ -135,8 +135,11 @@ class Controller:
         for job, at in list(self._created_jobs.items()):
             if now - at > JOB_INDEX_GRACE_SECONDS:
                 del self._created_jobs[job]
-        unseen = sum(1 for job in self._created_jobs if job not in observed.indexed_jobs)
-        return replace(observed, optimizations_running=observed.optimizations_running + unseen)
+        jobs = list(observed.fleet_jobs())
+        running = sum(1 for _, job in jobs if not (job.complete or job.failed))
+        indexed = {(namespace, job.name) for namespace, job in jobs}
+        unseen = sum(1 for job in self._created_jobs if job not in indexed)
+        return replace(observed, optimizations_running=running + unseen)
 
     def _needs_slot(self, model: SmallModel, observed: Observed) -> bool:
         if self.config.max_concurrent_optimizations == 0:

@@ -118,10 +118,7 @@ def _observed(memo: kopf.Memo, key: Key, indexes: dict[str, Any]) -> Observed:
         deployments=get("deployments"),
         others=get("objects"),
         artifact_pvc_exists=(key[0], memo.config.artifact_pvc) in indexes["claims"],
-        optimizations_running=sum(
-            1 for views in indexes["jobs"].values() for job in views if not (job.complete or job.failed)
-        ),
-        indexed_jobs=frozenset((owner[0], job.name) for owner, views in indexes["jobs"].items() for job in views),
+        fleet_jobs=lambda: ((owner[0], job) for owner, views in indexes["jobs"].items() for job in views),
     )
 
 

@@ -6,7 +6,7 @@ tests construct them the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,11 +263,11 @@ class Observed:
     # The gateway's count of requests for this model, read only while it is at zero (no pods
     # to read demand from): see scaling.at_zero.
     gateway_demand: Demand | None = None
-    # Optimization Jobs running now across every watched namespace (the fleet-wide cap), and
-    # every Job the watch has shown, as (namespace, name): a Job we just created but the watch
-    # has not shown yet counts as running too (controller.py).
+    # Optimization Jobs running now across every watched namespace (the fleet-wide cap),
+    # counted by the controller only for a plan that may create a Job (controller.py), from
+    # `fleet_jobs`: every Job the watch has shown, as (namespace, view).
     optimizations_running: int = 0
-    indexed_jobs: frozenset[tuple[str, str]] = frozenset()
+    fleet_jobs: Callable[[], Iterable[tuple[str, JobView]]] = lambda: ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobView | None:
