@@ -52,7 +52,7 @@ class OperatorConfig(BaseModel):
         default=128,
         ge=1,
         le=1024,
-        description="Objects reconciled concurrently (per watched kind, kopf's worker limit).",
+        description="SmallModels reconciled at once (the rest wait their turn).",
     )
     resync_seconds: float = Field(default=60.0, gt=0, description="Periodic reconcile of every SmallModel.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off.")

@@ -95,6 +95,7 @@ class Controller:
         self.clock = clock
         self.renderer = renderer
         self._locks: dict[Key, asyncio.Lock] = {}
+        self._reconciling = asyncio.Semaphore(config.workers)
         self._wakeups: dict[Key, asyncio.Event] = {}
         # Status is written only by us, so the last status we wrote is fresher than a watch
         # event that may still be in flight; a restart starts from the object's status.
@@ -253,7 +254,9 @@ class Controller:
         if model.metadata.deletion_timestamp:
             return None
         key = (model.metadata.namespace, model.metadata.name)
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        # One reconcile per model at a time, and at most `workers` of them at once: a burst of
+        # 1,000 models must not become 1,000 concurrent writers to the API server.
+        async with self._locks.setdefault(key, asyncio.Lock()), self._reconciling:
             model = self._model(body)
             started = time.perf_counter()
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sized
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -60,6 +60,24 @@ class DesiredReplicasCollector(Collector):
 
 DESIRED_REPLICAS = DesiredReplicasCollector()
 REGISTRY.register(DESIRED_REPLICAS)
+
+
+class IndexCollector(Collector):
+    """Objects the operator holds in its in-memory indexes, per index, at scrape time: what its
+    memory grows with (children of its models only; the watches are filtered server-side)."""
+
+    def __init__(self) -> None:
+        self.indexes: Mapping[str, Mapping[object, Sized]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("flotilla_indexed_objects", "Objects held in each index.", labels=["index"])
+        for name, index in sorted(self.indexes.items()):
+            family.add_metric([name], sum(len(store) for store in list(index.values())))
+        yield family
+
+
+INDEXED = IndexCollector()
+REGISTRY.register(INDEXED)
 
 
 def serve(port: int) -> None:

@@ -119,3 +119,25 @@ class OperatorProcess:
             if all(f'{k}="{v}"' in series for k, v in labels.items()):
                 total += float(value)
         return total
+
+
+def unrelated_objects(namespace: str, count: int, prefix: str = "noise") -> dict[str, object]:
+    """A kubectl List of `count` objects that are not the operator's (PVCs, Pods, ConfigMaps in
+    equal shares), as an application's namespace holds them: what its watches must not carry.
+    The Pods are scheduling-gated, so they stay Pending without costing the scheduler a try."""
+    items: list[dict[str, object]] = []
+    for i in range(count):
+        meta = {"name": f"{prefix}-{i:05d}", "namespace": namespace, "labels": {"app": prefix}}
+        kind = ("PersistentVolumeClaim", "Pod", "ConfigMap")[i % 3]
+        if kind == "PersistentVolumeClaim":
+            spec: dict[str, object] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+            items.append({"apiVersion": "v1", "kind": kind, "metadata": meta, "spec": spec})
+        elif kind == "Pod":
+            spec = {
+                "schedulingGates": [{"name": "flotilla.dev/never"}],
+                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+            }
+            items.append({"apiVersion": "v1", "kind": kind, "metadata": meta, "spec": spec})
+        else:
+            items.append({"apiVersion": "v1", "kind": kind, "metadata": meta, "data": {"key": "x" * 512}})
+    return {"apiVersion": "v1", "kind": "List", "items": items}
