@@ -5,7 +5,12 @@ the operator running as its own process, and prints one JSON line: seconds until
 has its Job, objects per second, API requests per object (the operator's, counted in the
 process for both kopf's client and ours), and the operator's peak RSS.
 
-    .venv/bin/python bench/reconcile.py [--count 1000] [--concurrency 32]
+With `--noise N`, N unrelated PVCs, Pods and ConfigMaps are created first in other namespaces
+and the operator watches the whole cluster: its RSS idle before and after them (a fresh
+process each time, so the ratio is this run's own baseline), what it indexed, and after the
+burst a SIGKILL and restart: seconds until a model applied after the restart has its Job.
+
+    .venv/bin/python bench/reconcile.py [--count 1000] [--concurrency 32] [--noise 5000]
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from lightkube.types import PatchType
 
 from flotilla.api.v1alpha1 import GROUP, KIND, LABEL_MANAGED_BY, PLURAL, VERSION
 from flotilla.config import OperatorConfig
-from flotilla.testing import OperatorProcess
+from flotilla.testing import OperatorProcess, unrelated_objects
 from localcluster.cluster import Cluster, ensure_up
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +44,70 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss / 2**20)
+
+
+def add_noise(cluster: Cluster, tag: str, count: int) -> list[str]:
+    """`count` unrelated objects, a thousand per namespace; the namespaces' names."""
+    namespaces = [f"noise-{tag}-{i}" for i in range((count + 999) // 1000)]
+    for i, ns in enumerate(namespaces):
+        cluster.kubectl("create", "namespace", ns)
+        size = min(1000, count - 1000 * i)
+        cluster.kubectl("create", "-f", "-", input=json.dumps(unrelated_objects(ns, size)))
+        print(f"[bench] {1000 * i + size}/{count} unrelated objects", file=sys.stderr)
+    return namespaces
+
+
+def started_operator(cluster: Cluster, namespace: str, args: argparse.Namespace, tag: str) -> OperatorProcess:
+    operator = OperatorProcess(
+        cluster.kubeconfig,
+        Path("/tmp") / f"flotilla-bench-{namespace}-{tag}.log",
+        [] if args.noise else [namespace],  # with noise: the whole cluster, as most installs run
+        {
+            "FLOTILLA_TRACE_HTTP": "1",
+            "FLOTILLA_JOB_NODE_SELECTOR": '{"flotilla.dev/bench": "none"}',
+            "FLOTILLA_WORKERS": str(args.workers),
+            "FLOTILLA_MAX_CONCURRENT_OPTIMIZATIONS": str(args.count + 10),
+        },
+    )
+    operator.start()
+    return operator
+
+
+def idle_rss(cluster: Cluster, namespace: str, args: argparse.Namespace, tag: str) -> float:
+    """RSS of a fresh operator once it has listed everything and gone quiet."""
+    operator = started_operator(cluster, namespace, args, tag)
+    try:
+        time.sleep(3)
+        settle(operator, quiet_s=3)
+        assert operator.pid is not None
+        return rss_mb(operator.pid)
+    finally:
+        operator.stop()
+
+
+async def restart_seconds(
+    cluster: Cluster, client: AsyncClient, namespace: str, args: argparse.Namespace, operator: OperatorProcess
+) -> tuple[float, OperatorProcess]:
+    """SIGKILL the operator, start it again; seconds until a model applied then has its Job."""
+    assert operator.proc is not None
+    operator.proc.kill()
+    operator.proc.wait()
+    restarted = started_operator(cluster, namespace, args, "restart")
+    started = time.monotonic()
+    await client.create(
+        SmallModel(metadata={"name": "after-restart", "namespace": namespace}, spec={"source": {"uri": "hf://b/r"}})
+    )
+
+    async def first_job() -> None:
+        async for _ in client.watch(Job, namespace=namespace, labels={"flotilla.dev/model": "after-restart"}):
+            return
+
+    await asyncio.wait_for(first_job(), args.timeout)
+    return time.monotonic() - started, restarted
 
 
 def prepare(cluster: Cluster, namespace: str) -> None:
@@ -98,7 +167,11 @@ def settle(operator: OperatorProcess, quiet_s: float = 3.0, timeout: float = 120
     """Total requests once the operator has gone quiet (statuses and events written)."""
     last, since, deadline = -1.0, time.monotonic(), time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = operator.metric("flotilla_http_requests_total")
+        try:
+            now = operator.metric("flotilla_http_requests_total")
+        except OSError:  # not serving its metrics yet
+            time.sleep(0.5)
+            continue
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
@@ -111,17 +184,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cluster = ensure_up()
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     prepare(cluster, namespace)
-    operator = OperatorProcess(
-        cluster.kubeconfig,
-        Path("/tmp") / f"flotilla-bench-{namespace}.log",
-        [namespace],
-        {
-            "FLOTILLA_TRACE_HTTP": "1",
-            "FLOTILLA_JOB_NODE_SELECTOR": '{"flotilla.dev/bench": "none"}',
-            "FLOTILLA_WORKERS": str(args.workers),
-        },
-    )
-    operator.start()
+    noise: dict[str, Any] = {}
+    noise_namespaces: list[str] = []
+    if args.noise:
+        noise["idle_rss_mb_without"] = round(idle_rss(cluster, namespace, args, "idle-before"), 1)
+        noise_namespaces = add_noise(cluster, namespace, args.noise)
+        noise["idle_rss_mb_with"] = round(idle_rss(cluster, namespace, args, "idle-after"), 1)
+        noise["idle_rss_ratio"] = round(noise["idle_rss_mb_with"] / noise["idle_rss_mb_without"], 3)
+    operator = started_operator(cluster, namespace, args, "burst")
     client = AsyncClient(KubeConfig.from_file(cluster.kubeconfig))
     try:
         await asyncio.sleep(3)  # let kopf list and watch before the burst
@@ -136,9 +206,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         done = await asyncio.wait_for(jobs, args.timeout)
         total = settle(operator)
         assert operator.pid is not None
+        indexed = {i: operator.metric("flotilla_indexed_objects", index=i) for i in ("jobs", "pods", "claims")}
         seconds = done - started
         cpu = psutil.Process(operator.pid).cpu_times()
-        return {
+        result = {
             "benchmark": "reconcile",
             "objects": args.count,
             "seconds_to_all_jobs": round(seconds, 2),
@@ -153,12 +224,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "operator_peak_rss_mb": round(peak_rss_mb(operator.pid), 1),
             "operator_cpu_seconds": round(cpu.user + cpu.system, 1),
             "workers": args.workers,
+            "indexed": indexed,
+            "unrelated_objects": args.noise,
+            **noise,
         }
+        if args.noise:
+            seconds, operator = await restart_seconds(cluster, client, namespace, args, operator)
+            result["restart_to_reconcile_seconds"] = round(seconds, 2)
+            assert operator.pid is not None
+            result["restarted_rss_mb"] = round(rss_mb(operator.pid), 1)
+        return result
     finally:
         operator.stop()
         await release(client, namespace, args.concurrency)
         await client.close()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        for ns in [namespace, *noise_namespaces]:
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def main() -> int:
@@ -167,6 +248,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="parallel creates from the benchmark client")
     parser.add_argument("--workers", type=int, default=OperatorConfig().workers, help="the operator's worker limit")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--noise", type=int, default=0, help="unrelated objects in other namespaces (cluster-wide)")
     print(json.dumps(asyncio.run(run(parser.parse_args()))))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -100,18 +101,28 @@ class SmallModel(BaseModel):
         server-side apply refuses unknown fields outright.
         """
         text = self.metadata.annotations.get(LAST_APPLIED)
-        try:
-            sent = json.loads(text)["spec"] if text else None
-        except (ValueError, KeyError, TypeError):
-            return []
-        if not isinstance(sent, dict):
-            return []
-        try:
-            SmallModelSpec.model_validate(sent, context={STORED: True})
-        except ValidationError as err:
-            return sorted(
+        return list(_pruned(text)) if text else []
+
+
+@functools.lru_cache(maxsize=4096)
+def _pruned(last_applied: str) -> tuple[str, ...]:
+    """Cached on the annotation's text: every reconcile of every model asks, and the text only
+    changes when the user applies again (parsing and validating it each time cost a fleet's
+    resync a full spec validation per model)."""
+    try:
+        sent = json.loads(last_applied)["spec"]
+    except (ValueError, KeyError, TypeError):
+        return ()
+    if not isinstance(sent, dict):
+        return ()
+    try:
+        SmallModelSpec.model_validate(sent, context={STORED: True})
+    except ValidationError as err:
+        return tuple(
+            sorted(
                 "spec." + ".".join(str(part) for part in e["loc"])
                 for e in err.errors()
                 if e["type"] == "extra_forbidden"
             )
-        return []
+        )
+    return ()
