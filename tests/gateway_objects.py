@@ -72,7 +72,12 @@ def endpoint_slice(
         "metadata": {
             "name": f"{service}-{suffix}",
             "namespace": namespace,
-            "labels": {"kubernetes.io/service-name": service},
+            # The EndpointSlice controller copies the Service's labels (ours) onto its slices.
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "app.kubernetes.io/managed-by": "flotilla",
+                "flotilla.dev/model": model,
+            },
         },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}, {"name": "grpc", "port": 8001, "protocol": "TCP"}],

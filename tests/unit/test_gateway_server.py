@@ -515,9 +515,11 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str | None]] = []
+        self.labels: dict[str, Any] = {}
 
-    def list(self, res: Any, *, namespace: str, fields: Any = None) -> Any:
+    def list(self, res: Any, *, namespace: str, fields: Any = None, labels: Any = None) -> Any:
         self.calls.append(("list", res.__name__, namespace))
+        self.labels[res.__name__] = labels
 
         class Listing:
             resourceVersion = "1"  # noqa: N815  (lightkube's name)
@@ -555,6 +557,8 @@ def test_watches_cover_only_the_allowed_namespaces_and_readiness_waits_for_lists
         assert namespaces == {"ml", "team"}
         assert {ns for _, kind, ns in client.calls if kind == "Secret"} == {"gw"}
         assert keys and keys[0].enabled and not keys[0].grants  # missing Secret: fail closed
+        # Only the slices of our Services, selected by the API server (they carry its labels).
+        assert client.labels["EndpointSlice"] == {"app.kubernetes.io/managed-by": "flotilla"}
 
     asyncio.run(main())
 
@@ -580,7 +584,7 @@ class FlakyClient(RecordingClient):
         super().__init__()
         self.failed: set[tuple[str, str]] = set()
 
-    def list(self, res: Any, *, namespace: str, fields: Any = None) -> Any:
+    def list(self, res: Any, *, namespace: str, fields: Any = None, labels: Any = None) -> Any:
         listing = super().list(res, namespace=namespace, fields=fields)
         relisted = (res.__name__, namespace) in self.failed
         if res.__name__ == "SmallModel" and namespace == "ml" and relisted:

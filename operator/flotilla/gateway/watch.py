@@ -18,6 +18,7 @@ from lightkube.core.resource import NamespacedResource
 from lightkube.resources.core_v1 import Secret
 from lightkube.resources.discovery_v1 import EndpointSlice
 
+from flotilla.api.v1alpha1 import LABEL_MANAGED_BY, MANAGED_BY
 from flotilla.kube.client import SmallModelResource
 
 from .keys import KeyRing
@@ -39,6 +40,7 @@ class Stream:
     upsert: Callable[[Obj], None]
     delete: Callable[[Obj], None]
     fields: dict[str, Any] | None = None
+    labels: dict[str, Any] | None = None  # filtered by the API server: not every Service's slices
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class Watcher:
                     lambda objs, ns=ns: t.replace_slices(ns, objs),  # type: ignore[misc]
                     t.upsert_slice,
                     lambda o: t.delete_slice(*_meta(o)),
+                    labels={LABEL_MANAGED_BY: MANAGED_BY},  # the slices carry their Service's labels
                 )
             )
         if self.settings.api_keys_secret:
@@ -128,7 +131,9 @@ class Watcher:
                 backoff = min(backoff * 2, self.settings.watch_backoff_max_seconds)
 
     async def _list(self, stream: Stream) -> str:
-        listing = self.client.list(stream.resource, namespace=stream.namespace, fields=stream.fields)
+        listing = self.client.list(
+            stream.resource, namespace=stream.namespace, fields=stream.fields, labels=stream.labels
+        )
         objs = [_to_dict(o) async for o in listing]
         stream.replace(objs)
         self._unlisted.discard(id(stream))
@@ -141,6 +146,7 @@ class Watcher:
             stream.resource,
             namespace=stream.namespace,
             fields=stream.fields,
+            labels=stream.labels,
             resource_version=version,
             server_timeout=WATCH_SERVER_TIMEOUT_S,
         )
