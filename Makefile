@@ -69,10 +69,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	@$(VENV)/bin/mypy
 
-# kstatus (sigs.k8s.io/cli-utils, e2e/tools/kstatus) is a Go build, cached by version:
-# tests/unit/test_gitops.py checks the conditions with kstatus's own computation.
+# kstatus (sigs.k8s.io/cli-utils, e2e/tools/kstatus) and actionlint are Go builds, cached by version:
+# tests/unit/test_gitops.py checks the conditions with kstatus's own computation, tests/unit/test_workflows.py
+# checks .github/workflows with actionlint.
 test-unit: $(STAMP)
-	@$(LOCAL) build kstatus
+	@$(LOCAL) build kstatus actionlint
 	@$(PY) -m pytest tests/unit -m "not cluster and not slow"
 
 # The README's test command. Everything: static checks, CRDs fresh, unit, integration

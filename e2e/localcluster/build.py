@@ -367,6 +367,17 @@ def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
         ),
         # Test tool, not a cluster binary: kstatus's own verdict (tests/unit/test_gitops.py).
         Group("kstatus", kstatus_version(), ("kstatus",), build_tool("kstatus")),
+        # Test tool: rhysd/actionlint checks .github/workflows (tests/unit/test_workflows.py).
+        Group(
+            "actionlint",
+            versions.actionlint,
+            ("actionlint",),
+            build_installed(
+                {"actionlint": "github.com/rhysd/actionlint/cmd/actionlint"},
+                versions.actionlint,
+                f"-s -w -X github.com/rhysd/actionlint.version={versions.actionlint}",
+            ),
+        ),
     ]
 
 

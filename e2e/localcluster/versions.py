@@ -23,6 +23,7 @@ class Versions:
     kubectl_minor: str
     prometheus: str = ""
     gateway_api: str = ""
+    actionlint: str = ""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -47,6 +48,7 @@ def load_versions(path: Path = VERSIONS_FILE) -> Versions:
             kubectl_minor=values["KUBECTL_MINOR"],
             prometheus=values["PROMETHEUS_VERSION"],
             gateway_api=values["GATEWAY_API_VERSION"],
+            actionlint=values["ACTIONLINT_VERSION"],
         )
     except KeyError as missing:
         raise SystemExit(f"{path}: missing {missing.args[0]}") from None

@@ -7,6 +7,7 @@ rather than surfacing later as a broken Job or Deployment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ ENV_PREFIX = "FLOTILLA_"
 CONFIG_FILE_ENV = "FLOTILLA_CONFIG"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 IMAGE = r"^[\w.\-/:@]+$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"  # a Secret's name
 
 
 class ConfigError(ValueError):
@@ -80,6 +82,11 @@ class OperatorConfig(BaseModel):
         default_factory=list,
         description="Extra arguments for every optimizer run, e.g. --eval-limit,64 to evaluate on fewer "
         "sentences on a small test cluster (not part of the artifact key).",
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets (names, in each SmallModel's namespace) that the optimization Job's and the "
+        "serving Deployments' pods pull their images with (imagePullSecrets); empty: none.",
     )
     job_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of optimization Jobs.")
     serving_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of serving pods.")
@@ -168,6 +175,14 @@ class OperatorConfig(BaseModel):
         if bad:
             raise ValueError(f"not valid namespace names: {', '.join(bad)}")
         return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if len(name) > 253 or not re.fullmatch(DNS_SUBDOMAIN, name)]
+        if bad:
+            raise ValueError(f"not valid Secret names: {', '.join(bad)}")
+        return list(dict.fromkeys(value))  # each once, in the order given
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ The operator is run here as a local process authenticated as the chart's Service
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -74,7 +75,9 @@ def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         ["CustomResourceDefinition"]  # crds.install (default true)
-        + ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"]
+        + ["ClusterRole", "ClusterRoleBinding"]  # namespaced mode: cluster-wide reads only
+        + ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+        + ["Role", "RoleBinding"] * 2  # the operator's rights in each watched namespace (a, b)
         + ["Deployment", "Service", "ServiceAccount"]  # the gateway
         + ["Role", "RoleBinding"] * 2  # the gateway's read rights in each served namespace (a, b)
         + ["Role", "RoleBinding"]  # the operator's Lease (leader election)
@@ -104,13 +107,18 @@ def test_chart_renders_the_operator_and_its_config(crd: Cluster) -> None:
 
 
 @pytest.fixture
-def release(crd: Cluster, namespace: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def release(crd: Cluster, namespace: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A release in its own namespace; `request.param` "namespaced" makes it watch only `namespace`
+    (config.namespaces), else it is cluster-wide (the default values)."""
     name, ns = f"r{uuid.uuid4().hex[:6]}", f"flotilla-system-{uuid.uuid4().hex[:6]}"
     values = tmp_path / "values.yaml"
     # No simulated node fakes the operator's or the gateway's pods; the gateway serves `namespace`.
     gateway = {"nodeSelector": NO_NODE, "namespaces": [namespace], "apiKeysSecret": "gateway-keys"}
     # The session's CRD is applied by the `crd` fixture, not owned by these releases.
-    values.write_text(yaml.safe_dump({"nodeSelector": NO_NODE, "gateway": gateway, "crds": {"install": False}}))
+    chosen: dict[str, Any] = {"nodeSelector": NO_NODE, "gateway": gateway, "crds": {"install": False}}
+    if getattr(request, "param", "cluster") == "namespaced":
+        chosen["config"] = {"namespaces": [namespace]}
+    values.write_text(yaml.safe_dump(chosen))
     helm(crd, "install", name, str(CHART), "-n", ns, "--create-namespace", "-f", str(values))
     yield name, ns
     helm(crd, "uninstall", name, "-n", ns)
@@ -127,16 +135,53 @@ def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, pat
     return path
 
 
+# What the operator writes in a namespace it watches (charts/flotilla/templates/_helpers.tpl).
+CHILD_WRITES = [
+    ("create", "jobs.batch", ""),
+    ("delete", "jobs.batch", ""),
+    ("create", "deployments.apps", ""),
+    ("update", "deployments.apps", "scale"),
+    ("patch", "services", ""),
+    ("create", "configmaps", ""),
+    ("create", "persistentvolumeclaims", ""),
+    ("create", "poddisruptionbudgets.policy", ""),
+    ("create", "endpointslices.discovery.k8s.io", ""),
+    ("create", "httproutes.gateway.networking.k8s.io", ""),
+    ("patch", "smallmodels.flotilla.dev", ""),
+    ("patch", "smallmodels.flotilla.dev", "status"),
+    ("create", "events", ""),
+]
+
+
+@pytest.mark.parametrize("release", ["cluster", "namespaced"], indirect=True)
 def test_operator_runs_under_the_chart_rbac(
-    crd: Cluster, release: tuple[str, str], namespace: str, tmp_path: Path
+    crd: Cluster, release: tuple[str, str], namespace: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    """Cluster mode: its children anywhere; namespaced mode (config.namespaces=[namespace]): only in
+    `namespace`, no write right elsewhere. Neither reads Secrets. Then the operator runs under it."""
     name, ns = release
+    namespaced = request.node.callspec.params["release"] == "namespaced"
     deployment = crd.kubectl_json("get", "deployment", f"{name}-flotilla", "-n", ns)
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == f"{name}-flotilla"
 
     account = f"system:serviceaccount:{ns}:{name}-flotilla"
     assert can_i(crd, account, "update", "leases.coordination.k8s.io", ns)
     assert not can_i(crd, account, "update", "leases.coordination.k8s.io", namespace)  # only its own namespace
+    other = f"elsewhere-{uuid.uuid4().hex[:6]}"  # a namespace the release does not watch
+    for verb, resource, sub in CHILD_WRITES:
+        assert can_i(crd, account, verb, resource, namespace, subresource=sub), (verb, resource, sub)
+        assert can_i(crd, account, verb, resource, other, subresource=sub) != namespaced, (verb, resource, sub, other)
+    assert can_i(crd, account, "list", "smallmodels.flotilla.dev", "", all_namespaces=True) != namespaced
+    assert can_i(crd, account, "create", "deployments.apps", "", all_namespaces=True) != namespaced
+    for where in (namespace, ns, other):
+        assert not can_i(crd, account, "get", "secrets", where)  # it reads none
+        assert not can_i(crd, account, "list", "secrets", where)
+    # What kopf reads cluster-wide in either mode, and nothing more.
+    assert can_i(crd, account, "watch", "namespaces", "", all_namespaces=True)
+    assert can_i(crd, account, "watch", "customresourcedefinitions.apiextensions.k8s.io", "", all_namespaces=True)
+    assert not can_i(crd, account, "create", "namespaces", "", all_namespaces=True)
+    assert not can_i(crd, account, "patch", "customresourcedefinitions.apiextensions.k8s.io", "", all_namespaces=True)
+    assert not can_i(crd, account, "create", "clusterroles.rbac.authorization.k8s.io", "", all_namespaces=True)
     kubeconfig = token_kubeconfig(crd, ns, f"{name}-flotilla", tmp_path / "sa-kubeconfig")
     # With the chart's leader election: the Lease is taken under the chart's Role.
     leader = {"FLOTILLA_LEADER_ELECTION": "true", "FLOTILLA_LEADER_ELECTION_NAMESPACE": ns}
@@ -168,9 +213,26 @@ def test_operator_runs_under_the_chart_rbac(
     assert "403" not in log and "Forbidden" not in log and "forbidden" not in log, log[-3000:]
 
 
-def can_i(cluster: Cluster, account: str, verb: str, resource: str, namespace: str, name: str = "") -> bool:
-    args = ["auth", "can-i", verb, resource + (f"/{name}" if name else ""), "-n", namespace, "--as", account]
-    return cluster.kubectl(*args, check=False).stdout.strip() == "yes"
+def can_i(
+    cluster: Cluster,
+    account: str,
+    verb: str,
+    resource: str,
+    namespace: str,
+    name: str = "",
+    *,
+    subresource: str = "",
+    all_namespaces: bool = False,
+) -> bool:
+    """`kubectl auth can-i` as `account` (the API server's SelfSubjectAccessReview verdict)."""
+    args = ["auth", "can-i", verb, resource + (f"/{name}" if name else ""), "--as", account]
+    args += ["--all-namespaces"] if all_namespaces else ["-n", namespace]
+    if subresource:
+        args += ["--subresource", subresource]
+    proc = cluster.kubectl(*args, check=False)
+    answer = proc.stdout.strip()
+    assert answer in {"yes", "no"}, proc.stdout + proc.stderr  # not an error read as "no"
+    return answer == "yes"
 
 
 def test_gateway_runs_under_the_chart_rbac_and_reads_nothing_else(
@@ -334,6 +396,10 @@ def test_notes_say_what_to_do_next(crd: Cluster) -> None:
     assert "No API keys" not in keyed and ".status.loadBalancer.ingress" in keyed
     no_gateway = helm(crd, *install, "--set", "gateway.enabled=false", "--set", "config.namespaces={a,b}")
     assert "gateway is off" in no_gateway and "kubectl apply -n a -f" in no_gateway
+    assert "write nowhere else" in no_gateway and "pull with the Secret" not in no_gateway
+    pulls = ["--set", "imagePullSecrets[0].name=regcred", "--set", "metrics.dashboard.enabled=true"]
+    pulling = helm(crd, *install, *pulls)
+    assert "pull with the Secret(s) regcred" in pulling and "ConfigMap flo/rel-flotilla-dashboard" in pulling
 
 
 def test_pull_secrets_annotations_env_and_optimizer_job_settings(crd: Cluster, tmp_path: Path) -> None:
@@ -371,6 +437,15 @@ def test_pull_secrets_annotations_env_and_optimizer_job_settings(crd: Cluster, t
     assert default.optimizer_cpu == "2" and default.optimizer_memory == "12Gi"
     assert default.optimizer_deadline_seconds == 7200
     assert "imagePullSecrets" not in operator_pod_spec(rendered(crd))
+    # The pods the operator creates pull with the same Secrets' names by default...
+    assert loaded.image_pull_secrets == ["regcred"] and default.image_pull_secrets == []
+    # ...or with their own list (in each SmallModel's namespace), or none.
+    for own, expected in (["team-pull", "mirror"], ["team-pull", "mirror"]), ([], []):
+        (tmp_path / "own.yaml").write_text(yaml.safe_dump({**values, "config": {"imagePullSecrets": own}}))
+        docs = rendered(crd, "-f", str(tmp_path / "own.yaml"))
+        assert operator_pod_spec(docs)["imagePullSecrets"] == [{"name": "regcred"}]  # the operator's own
+        path.write_text(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
+        assert load_config({"FLOTILLA_CONFIG": str(path)}).image_pull_secrets == expected
 
 
 def operator_pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -379,11 +454,35 @@ def operator_pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return spec
 
 
+READ = {"get", "list", "watch"}
+
+
 def test_namespaced_values_render_a_release_per_namespace(crd: Cluster) -> None:
+    """Roles in the watched namespaces only; cluster-wide, only reads of what kopf follows."""
     docs = rendered(crd, "-f", str(CHART / "ci" / "namespaced-values.yaml"))
     assert crd_documents(docs) == []
     roles = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role")
-    assert roles == [("default", "rel-flotilla-gateway-keys"), ("team-a", "rel-flotilla-gateway")]
+    assert roles == [
+        ("default", "rel-flotilla-gateway-keys"),
+        ("team-a", "rel-flotilla"),
+        ("team-a", "rel-flotilla-gateway"),
+        ("team-b", "rel-flotilla"),
+    ]  # no Lease Role: leader election is off in these values
+    bindings = sorted((d["metadata"]["namespace"], d["roleRef"]["name"]) for d in docs if d["kind"] == "RoleBinding")
+    assert ("team-a", "rel-flotilla") in bindings and ("team-b", "rel-flotilla") in bindings
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "namespaces",
+        "customresourcedefinitions",
+    }
+    assert all(set(rule["verbs"]) <= READ for rule in cluster_role["rules"])
+    # The Roles carry the same rules as the cluster mode's ClusterRole, less the cluster-wide reads.
+    (wide,) = [d for d in rendered(crd) if d["kind"] == "ClusterRole"]
+    team_a = next(
+        d for d in docs if d["kind"] == "Role" and (d["metadata"]["namespace"], d["metadata"]["name"]) == roles[1]
+    )
+    assert team_a["rules"] + cluster_role["rules"] == wide["rules"]
+    assert not any("secrets" in rule["resources"] for rule in wide["rules"])
 
 
 def test_install_yaml_is_fresh_and_the_api_server_accepts_it(crd: Cluster) -> None:
@@ -409,3 +508,163 @@ def test_install_yaml_is_fresh_and_the_api_server_accepts_it(crd: Cluster) -> No
         if created:
             crd.kubectl("delete", "namespace", installyaml.NAMESPACE, "--wait=false", check=False)
     assert get(crd, "deployment", installyaml.NAMESPACE, "flotilla-flotilla") is None  # nothing applied
+
+
+DASHBOARD = CHART / "dashboards" / "flotilla-fleet.json"
+
+
+def monitoring(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The PodMonitors and the dashboard ConfigMaps among rendered documents."""
+    pod_monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    dashboards = [d for d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"]["labels"]]
+    return pod_monitors, dashboards
+
+
+def test_pod_monitors_and_dashboard_render_only_when_enabled(crd: Cluster) -> None:
+    from flotilla.api.v1alpha1 import SmallModel
+    from flotilla.config import OperatorConfig
+    from flotilla.resources import serving
+
+    assert monitoring(rendered(crd)) == ([], [])  # neither by default
+    on = ["--set", "metrics.podMonitor.enabled=true", "--set", "metrics.dashboard.enabled=true"]
+    pod_monitors, (dashboard,) = monitoring(rendered(crd, *on, "--set", "metrics.podMonitor.labels.release=kps"))
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["flotilla-fleet.json"]) == json.loads(DASHBOARD.read_text())
+    by_name = {d["metadata"]["name"]: d for d in pod_monitors}
+    assert set(by_name) == {"rel-flotilla-serving", "rel-flotilla-gateway"}
+    assert all(d["metadata"]["labels"]["release"] == "kps" for d in pod_monitors)
+
+    # The serving PodMonitor selects the pods the operator's builder makes, on Triton's metrics port.
+    body = {
+        "apiVersion": "flotilla.dev/v1alpha1",
+        "kind": "SmallModel",
+        "metadata": {"name": "chat", "namespace": "ml", "uid": "u"},
+        "spec": {"source": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}},
+    }
+    pod = serving.build_deployment(SmallModel.from_body(body), "rev0000000", "k" * 20, "chat", OperatorConfig())
+    pod_labels = pod["spec"]["template"]["metadata"]["labels"]
+    container = pod["spec"]["template"]["spec"]["containers"][0]
+    monitor = by_name["rel-flotilla-serving"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    assert {"name": endpoint["port"], "containerPort": serving.METRICS_PORT} in container["ports"]
+    # Relabelled from pod labels the builder really sets (Prometheus' meta label spelling of them).
+    for relabel in endpoint["relabelings"]:
+        (source,) = relabel["sourceLabels"]
+        assert any(source == "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k) for k in pod_labels)
+    assert monitor["namespaceSelector"] == {"any": True}
+    (namespaced,) = [
+        d for d in rendered(crd, *on, "--set", "config.namespaces={a,b}") if d["kind"] == "PodMonitor"
+        if d["metadata"]["name"] == "rel-flotilla-serving"
+    ]  # fmt: skip
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+    # The gateway's PodMonitor selects the gateway's pods, on the port its /metrics is served.
+    docs = rendered(crd, *on)
+    gateway = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-flotilla-gateway")
+    gateway_monitor = next(d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"].endswith("-gateway"))
+    template = gateway["spec"]["template"]
+    assert gateway_monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    ports = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+    assert gateway_monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+    off = rendered(crd, *on, "--set", "gateway.enabled=false")
+    assert [d["metadata"]["name"] for d in monitoring(off)[0]] == ["rel-flotilla-serving"]
+
+
+# How prometheus_client exposes a family's samples, by the family's type.
+SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "info": ("_info",),
+}
+# Labels Triton puts on its nv_inference_* series (operator/flotilla/metrics/triton.py) and the
+# ones the Prometheus operator adds to every PodMonitor target.
+TRITON_LABELS = {"model", "version", "reason", "quantile"}
+TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "job", "instance"}
+
+
+def exported_metrics() -> set[str]:
+    """Every series name the code exports: the operator's and the gateway's registries as
+    prometheus_client exposes them, and the Triton families the operator reads."""
+    from flotilla import telemetry
+    from flotilla.gateway.metrics import GatewayMetrics
+    from flotilla.metrics.triton import COUNTERS, GAUGES, SUMMARY
+
+    names: set[str] = set()
+    for registry in (telemetry.REGISTRY, GatewayMetrics().registry):
+        for family in registry.collect():
+            names |= {family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type]}
+    # Triton's counters and gauges carry no suffix; its summary adds _sum and _count.
+    return names | set(COUNTERS) | set(GAUGES) | {SUMMARY, f"{SUMMARY}_sum", f"{SUMMARY}_count"}
+
+
+def dashboard_expressions(dashboard: dict[str, Any]) -> list[str]:
+    """The PromQL of every panel target (rows included) and the selector of every label_values()
+    variable, with the dashboard's variables and Grafana's built-ins put in."""
+    values = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
+    exprs: list[str] = []
+    for variable in dashboard["templating"]["list"]:
+        current = variable.get("current", {}).get("value")
+        values[variable["name"]] = ".*" if variable.get("includeAll") else str(current)
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"]["query"])
+            assert match, variable
+            exprs.append(match.group(1))
+    panels = [p for top in dashboard["panels"] for p in [top, *top.get("panels", [])]]
+    assert all(p["type"] == "row" or p["targets"] for p in panels)
+    exprs += [t["expr"] for p in panels for t in p.get("targets", [])]
+
+    def substitute(expr: str) -> str:
+        out = re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+        assert "$" not in out, out
+        return out
+
+    return [substitute(e) for e in exprs]
+
+
+def selectors(node: Any) -> Iterator[dict[str, Any]]:
+    """Vector and matrix selectors in Prometheus' own parse tree (/api/v1/parse_query)."""
+    if isinstance(node, dict):
+        if node.get("type") in {"vectorSelector", "matrixSelector"} and "matchers" in node:
+            yield node
+        for child in node.values():
+            yield from selectors(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from selectors(child)
+
+
+def test_dashboard_queries_parse_and_name_only_exported_metrics(crd: Cluster, tmp_path: Path) -> None:
+    """Valid dashboard JSON whose every expression Prometheus parses, selecting only series the
+    code exports (with the labels the serving PodMonitor gives Triton's); it covers latency vs
+    objective, replicas, the canary split and optimization outcomes."""
+    from localcluster import prometheus
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
+    ids = [p["id"] for top in dashboard["panels"] for p in [top, *top.get("panels", [])]]
+    assert len(ids) == len(set(ids))
+    docs = rendered(crd, "--set", "metrics.podMonitor.enabled=true")
+    serving_monitor = next(d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"].endswith("-serving"))
+    relabelled = {r["targetLabel"] for r in serving_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]}
+    exported = exported_metrics()
+    used: set[str] = set()
+    with prometheus.start({"scrape_configs": []}, tmp_path / "prometheus") as prom:
+        for expr in dashboard_expressions(dashboard):
+            tree = prom.api("parse_query", query=expr)  # a parse error raises PrometheusError
+            for selector in selectors(tree):
+                name = selector.get("name")
+                assert name in exported, f"{name!r} is not a metric Flotilla or Triton exports: {expr}"
+                used.add(name)
+                if name.startswith("nv_"):
+                    labels = {m["name"] for m in selector["matchers"]} - {"__name__"}
+                    assert labels <= TRITON_LABELS | TARGET_LABELS | relabelled, (labels, expr)
+    assert {
+        "flotilla_gateway_request_duration_seconds_bucket",  # latency vs objective
+        "nv_inference_request_summary_us",
+        "flotilla_desired_replicas",  # replicas
+        "flotilla_gateway_request_duration_seconds_count",  # canary traffic split
+        "flotilla_optimization_jobs_total",  # optimization outcomes
+        "flotilla_smallmodels",
+    } <= used

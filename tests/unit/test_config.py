@@ -36,6 +36,15 @@ def test_gateway_pods_default_to_the_charts_gateway_and_may_be_turned_off() -> N
     assert off.gateway_pods_labels == {} and off.gateway_pods_namespace == "edge"
 
 
+def test_image_pull_secrets_from_environment_and_file(tmp_path: Path) -> None:
+    assert load_config({}).image_pull_secrets == []
+    config = load_config({"FLOTILLA_IMAGE_PULL_SECRETS": "regcred, mirror.example,regcred"})
+    assert config.image_pull_secrets == ["regcred", "mirror.example"]  # each once
+    file = tmp_path / "config.yaml"
+    file.write_text("image_pull_secrets: [from-file]\n")
+    assert load_config({"FLOTILLA_CONFIG": str(file)}).image_pull_secrets == ["from-file"]
+
+
 def test_list_settings_from_environment() -> None:
     config = load_config({"FLOTILLA_OPTIMIZER_EXTRA_ARGS": "--eval-limit,64", "FLOTILLA_NAMESPACES": "a, b"})
     assert config.optimizer_extra_args == ["--eval-limit", "64"]
@@ -49,6 +58,7 @@ def test_list_settings_from_environment() -> None:
         ({"FLOTILLA_NAMESPACES": "ok,Not_Valid"}, "Not_Valid"),
         ({"FLOTILLA_ARTIFACT_PVC": "UPPER"}, "FLOTILLA_ARTIFACT_PVC"),
         ({"FLOTILLA_METRICS_PORT": "99999"}, "FLOTILLA_METRICS_PORT"),
+        ({"FLOTILLA_IMAGE_PULL_SECRETS": "ok,Reg_Cred"}, "FLOTILLA_IMAGE_PULL_SECRETS.*Reg_Cred"),
         ({"FLOTILLA_CONFIG": "/nonexistent/flotilla.yaml"}, "cannot read"),
     ],
 )

@@ -126,3 +126,16 @@ def test_serving_pods_drain_before_triton_stops() -> None:
     c = container(serving.build_deployment(model(), "rev0000000", "k" * 20, "chat", CONFIG))
     assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == serving.PRESTOP_SLEEP_SECONDS
     assert f"--exit-timeout-secs={CONFIG.termination_grace_seconds - serving.PRESTOP_SLEEP_SECONDS}" in c["args"]
+
+
+def test_pull_secrets_reach_the_job_and_serving_pods_only_when_set() -> None:
+    config = OperatorConfig(image_pull_secrets=["regcred", "mirror.example"])
+    m = model()
+    job_pod = optimizer.build_job(m, "k" * 20, config)["spec"]["template"]["spec"]
+    serving_pod = serving.build_deployment(m, "rev0000000", "k" * 20, "chat", config)["spec"]["template"]["spec"]
+    for pod in (job_pod, serving_pod):
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror.example"}]
+    # Unset: no key at all, so the objects (and their applied hashes) stay as before.
+    assert "imagePullSecrets" not in optimizer.build_job(m, "k" * 20, CONFIG)["spec"]["template"]["spec"]
+    plain = serving.build_deployment(m, "rev0000000", "k" * 20, "chat", CONFIG)
+    assert "imagePullSecrets" not in plain["spec"]["template"]["spec"]

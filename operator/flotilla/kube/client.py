@@ -19,6 +19,7 @@ from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event, Pod
 from lightkube.types import CascadeType, PatchType
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 RESULT_MANAGER = f"{FIELD_MANAGER}-results"
 SmallModelResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+HTTP_ROUTE_CRD = "httproutes.gateway.networking.k8s.io"
 
 
 def _namespaced(api_version: str, kind: str) -> type[NamespacedResource]:
@@ -126,16 +128,19 @@ class Kube:
         )
 
     async def serves_http_routes(self) -> bool:
-        """Whether the API server serves Gateway API HTTPRoutes (a one-item list answers it)."""
-        self._count("list", "HTTPRoute")
+        """Whether the API server serves Gateway API HTTPRoutes v1: their CRD is established and
+        serves v1. A cluster-scoped read the chart grants in both modes; listing HTTPRoutes in
+        some namespace is not (a namespaced release may read only its watched namespaces')."""
+        self._count("get", "CustomResourceDefinition")
         try:
-            async for _ in self.client.list(HTTPRoute, namespace="default", chunk_size=1):
-                break
+            crd = await self.client.get(CustomResourceDefinition, HTTP_ROUTE_CRD)
         except ApiError as err:
             if err.status.code != 404:
                 log.warning("cannot tell whether HTTPRoutes are served: %s", err)
             return False
-        return True
+        conditions = (crd.status.conditions if crd.status else None) or []
+        established = any(c.type == "Established" and c.status == "True" for c in conditions)
+        return established and any(v.name == "v1" and v.served for v in crd.spec.versions)
 
     async def running_pods(self, namespace: str, labels: Mapping[str, str]) -> list[tuple[str, str]]:
         """(name, IP) of the running pods with these labels (the Flotilla gateway's, to read

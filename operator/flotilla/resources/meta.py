@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from flotilla.api.v1alpha1 import (
@@ -58,6 +59,11 @@ def object_meta(model: SmallModel, name: str, component: str, **extra_labels: st
         "labels": labels(model, component, **extra_labels),
         "ownerReferences": [owner_reference(model)],
     }
+
+
+def pull_secrets(names: Sequence[str]) -> list[Obj]:
+    """A pod spec's imagePullSecrets: LocalObjectReferences to Secrets in the pod's namespace."""
+    return [{"name": name} for name in names]
 
 
 def content_hash(obj: Obj) -> str:

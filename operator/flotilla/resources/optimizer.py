@@ -11,7 +11,7 @@ from flotilla.api.v1alpha1 import (
 )
 from flotilla.config import OperatorConfig
 
-from .meta import Obj, job_name, object_meta
+from .meta import Obj, job_name, object_meta, pull_secrets
 
 ARTIFACT_MOUNT = "/artifacts"
 # pvc://claim/path sources are read where the optimizer looks for them (optimize/source.py).
@@ -136,6 +136,8 @@ def build_job(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
     }
     if config.job_node_selector:
         pod_spec["nodeSelector"] = dict(config.job_node_selector)
+    if config.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = pull_secrets(config.image_pull_secrets)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -23,7 +23,7 @@ from flotilla.api.v1alpha1 import (
 )
 from flotilla.config import OperatorConfig
 
-from .meta import Obj, config_map_name, deployment_name, labels, object_meta
+from .meta import Obj, config_map_name, deployment_name, labels, object_meta, pull_secrets
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_REPOSITORY = "/models"
@@ -198,6 +198,8 @@ def build_deployment(model: SmallModel, revision: str, key: str, model_dir: str,
         ],
         **_placement(model, revision, config),
     }
+    if config.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = pull_secrets(config.image_pull_secrets)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
