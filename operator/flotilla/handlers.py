@@ -34,6 +34,7 @@ from flotilla.controller import Controller
 from flotilla.reconcile import DeploymentView, JobView, ObjectView, Observed, PodView
 
 CHILD: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
+CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODEL}"  # CHILD, for the API server
 Key = tuple[str, str]
 
 
@@ -57,7 +58,7 @@ FINALIZE_RETRIES = 60  # x 2 s: how long deletion waits for the model's pods to 
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -77,11 +78,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # after it has received, parsed and queued every event): an operator that watches Pods
     # and ConfigMaps cluster-wide would otherwise stream every one of the cluster's.
     for resource in CHILDREN:
-        settings.watching.label_selectors[resource] = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODEL}"
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
     # Of the claims, only whether each namespace has the artifact claim matters.
     settings.watching.field_selectors[CLAIMS] = f"metadata.name={memo.config.artifact_pvc}"
     settings.networking.request_timeout = 60
     memo.controller = Controller(memo.config)
+    # kopf hands startup handlers the same (still empty) index objects it fills later.
+    telemetry.INDEXED.indexes = _indexes(kwargs)
 
 
 @kopf.on.cleanup()
@@ -143,9 +146,7 @@ def _observed(memo: kopf.Memo, key: Key, indexes: dict[str, Any]) -> Observed:
 
 
 def _indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
-    indexes = {k: kwargs[k] for k in ("jobs", "pods", "deployments", "objects", "claims")}
-    telemetry.INDEXED.indexes = indexes  # the same kopf objects each time: sized at scrape
-    return indexes
+    return {k: kwargs[k] for k in ("jobs", "pods", "deployments", "objects", "claims")}
 
 
 # --- children wake their model ----------------------------------------------------------

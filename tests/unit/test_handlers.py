@@ -23,7 +23,8 @@ def _watched() -> set[tuple[str, str, str]]:
 def _settings(pvc: str = "flotilla-artifacts") -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     memo = kopf.Memo(config=OperatorConfig(artifact_pvc=pvc))
-    asyncio.run(configure(settings=settings, memo=memo))
+    indexes = {name: {} for name in ("jobs", "pods", "deployments", "objects", "claims")}
+    asyncio.run(configure(settings=settings, memo=memo, **indexes))
     return settings
 
 
