@@ -30,6 +30,16 @@ def read_pid_files(pids_dir: Path) -> dict[str, int]:
     return found
 
 
+def freeze(pid: int, seconds: float) -> None:
+    """SIGSTOP a process for `seconds` (an outage that keeps its pid and state), then SIGCONT,
+    whatever happens meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def cmdline(pid: int) -> str:
     try:
         return " ".join(psutil.Process(pid).cmdline())

@@ -697,11 +697,7 @@ def test_serving_rides_out_an_api_server_outage(stack: Stack, tmp_path_factory: 
             rates = (via.rate, direct.rate)
             time.sleep(10)
             sent_before = via.sent + direct.sent
-            os.kill(apiserver, signal.SIGSTOP)
-            try:
-                time.sleep(frozen_s)
-            finally:
-                os.kill(apiserver, signal.SIGCONT)
+            procs.freeze(apiserver, frozen_s)
             thawed = time.monotonic()
             during = via.sent + direct.sent - sent_before
             wait_for(

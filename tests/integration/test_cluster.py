@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -441,11 +440,7 @@ def test_control_plane_recovers_from_a_frozen_api_server(cluster: Cluster, names
     settings = cluster.settings
     before = supervisor.restart_counts(settings)
     old = component_pids(cluster)
-    os.kill(old["kube-apiserver"], signal.SIGSTOP)
-    try:
-        time.sleep(45)
-    finally:
-        os.kill(old["kube-apiserver"], signal.SIGCONT)
+    procs.freeze(old["kube-apiserver"], 45)
     names = ("kube-controller-manager", "kube-scheduler")
     wait_running_again(cluster, names, old, timeout=60)
     after = supervisor.restart_counts(settings)

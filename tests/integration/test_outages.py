@@ -3,12 +3,11 @@ same process afterwards (no restart), no duplicate Job, status catches up, new w
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 
+from localcluster import procs
 from localcluster.cluster import Cluster, wait_for
 
 from .conftest import Kubelet, Operator, Watch, get
@@ -41,11 +40,7 @@ def test_operator_rides_out_a_frozen_component(
         pid = operator.pid
         old = component_pids(cluster)
 
-        os.kill(old[component], signal.SIGSTOP)
-        try:
-            time.sleep(seconds)
-        finally:
-            os.kill(old[component], signal.SIGCONT)
+        procs.freeze(old[component], seconds)
         thawed = time.monotonic()
         wait_for(lambda: api_answers(cluster), timeout=60, what="the API server answering")
         wait_running_again(cluster, ("kube-controller-manager",), old, timeout=90)
