@@ -430,3 +430,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":  # `python3 -m localcluster.build`: the Makefile runs it before the venv exists
+    sys.exit(main(sys.argv[1:]))

@@ -18,6 +18,8 @@ from localcluster.versions import REPO_ROOT, bin_dir, kstatus_version
 
 from .gitops_samples import EXPECTED, samples
 
+pytestmark = pytest.mark.gotools
+
 LUA_CHECK = REPO_ROOT / "docs" / "argocd-health.lua"
 GITOPS_DOC = REPO_ROOT / "docs" / "gitops.md"
 

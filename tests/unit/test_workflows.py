@@ -14,6 +14,8 @@ import yaml
 from flotilla.config import OperatorConfig
 from localcluster.versions import REPO_ROOT, bin_dir, load_versions
 
+pytestmark = pytest.mark.gotools
+
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 CHART = REPO_ROOT / "charts" / "flotilla"
 
