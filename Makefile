@@ -78,8 +78,9 @@ test-unit: $(STAMP)
 
 # The README's test command. Everything: static checks, CRDs fresh, unit, integration
 # against the real control plane (built and started on demand), slow model tests, e2e.
-# The Go builds (~10 min cold) need only Go and the system python3 (build.py is stdlib only), so
-# they run beside the venv install, the static checks and the unit tier instead of before them;
+# The Go builds (~10 min cold) need only Go and a python3 with PyYAML (build.py and the CRD
+# fetchers; the machine's python3 has it, else a small venv gets it), so they run beside the
+# venv install, the static checks and the unit tier instead of before them;
 # the unit tests that call a Go tool (marked `gotools`) wait for the builds.
 test:
 	@$(MAKE) --no-print-directory -j2 --output-sync=line test-binaries test-static
@@ -88,7 +89,9 @@ test:
 	@$(LOCAL) down
 
 test-binaries:
-	@PYTHONPATH=$(CURDIR)/e2e $(PYTHON_BOOT) -m localcluster.build
+	@boot=$(PYTHON_BOOT); if ! $$boot -c 'import yaml' 2>/dev/null; then \
+	  $(PYTHON_BOOT) -m venv .flotilla/boot && .flotilla/boot/bin/pip install -q pyyaml && boot=.flotilla/boot/bin/python; fi; \
+	  PYTHONPATH=$(CURDIR)/e2e $$boot -m localcluster.build
 
 test-static: $(STAMP)
 	@$(PY) -m flotilla crds --check
