@@ -307,7 +307,7 @@ PROMETHEUS_TAGS = "netgo,remove_all_sd"
 
 
 def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
-    from . import gatewayapi  # it uses this module's go helpers
+    from . import gatewayapi, monitoringcrds  # they use this module's go helpers
 
     kube = {c: f"k8s.io/kubernetes/cmd/{c}" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")}
     if with_kubectl:
@@ -346,6 +346,13 @@ def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
             versions.gateway_api,
             (gatewayapi.CRDS_FILE,),
             lambda work, out: gatewayapi.fetch(versions.gateway_api, work, out),
+            manifests=True,
+        ),
+        Group(
+            "prometheus-operator",
+            versions.prometheus_operator,
+            monitoringcrds.FILES,
+            lambda work, out: monitoringcrds.fetch(versions.prometheus_operator, work, out),
             manifests=True,
         ),
         Group(

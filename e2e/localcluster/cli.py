@@ -20,7 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the missing binaries into ~/.cache/flotilla/bin")
     b.add_argument(
-        "groups", nargs="*", help="only these groups: kubernetes etcd kwok gateway-api helm prometheus kstatus"
+        "groups",
+        nargs="*",
+        help="only these groups: kubernetes etcd kwok gateway-api prometheus-operator helm prometheus kstatus "
+        "actionlint",
     )
     sub.add_parser("up", help="start the cluster (or reuse a running one) and wait until nodes are Ready")
     sub.add_parser("down", help="stop every cluster process (by pid) and remove its data")

@@ -24,6 +24,7 @@ class Versions:
     prometheus: str = ""
     gateway_api: str = ""
     actionlint: str = ""
+    prometheus_operator: str = ""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -49,6 +50,7 @@ def load_versions(path: Path = VERSIONS_FILE) -> Versions:
             prometheus=values["PROMETHEUS_VERSION"],
             gateway_api=values["GATEWAY_API_VERSION"],
             actionlint=values["ACTIONLINT_VERSION"],
+            prometheus_operator=values["PROMETHEUS_OPERATOR_VERSION"],
         )
     except KeyError as missing:
         raise SystemExit(f"{path}: missing {missing.args[0]}") from None

@@ -570,6 +570,42 @@ def test_pod_monitors_and_dashboard_render_only_when_enabled(crd: Cluster) -> No
     assert [d["metadata"]["name"] for d in monitoring(off)[0]] == ["rel-flotilla-serving"]
 
 
+
+def test_monitors_are_accepted_by_the_prometheus_operators_own_crds(crd: Cluster) -> None:
+    """The ServiceMonitor and PodMonitors as rendered, against the Prometheus operator's real CRDs
+    (cached by `localcluster build`): the API server accepts them with strict field validation,
+    and refuses the same documents with a misspelt field or a wrongly typed one, so the schema is
+    really applied."""
+    from localcluster.monitoringcrds import crd_paths
+
+    for path in crd_paths():
+        crd.kubectl("apply", "--server-side", "-f", str(path))
+    for name in ("servicemonitors", "podmonitors"):
+        crd.kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=60s")
+    on = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true"]
+    monitors = [d for d in rendered(crd, *on) if d["kind"] in {"ServiceMonitor", "PodMonitor"}]
+    assert sorted(d["kind"] for d in monitors) == ["PodMonitor", "PodMonitor", "ServiceMonitor"]
+
+    def dry_run(docs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+        text = yaml.safe_dump_all(docs)
+        return crd.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=text, check=False)
+
+    accepted = dry_run(monitors)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.count("(server dry run)") == 3, accepted.stdout
+
+    misspelt = json.loads(json.dumps(monitors[0]))
+    misspelt["spec"]["endpoint"] = misspelt["spec"].pop(
+        "endpoints" if misspelt["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
+    )
+    refused = dry_run([misspelt])
+    assert refused.returncode != 0 and 'unknown field "spec.endpoint"' in refused.stderr, refused.stderr
+    pod_monitor = json.loads(json.dumps(next(d for d in monitors if d["kind"] == "PodMonitor")))
+    pod_monitor["spec"]["podMetricsEndpoints"][0]["interval"] = 30  # a number where a duration is due
+    refused = dry_run([pod_monitor])
+    assert refused.returncode != 0 and "interval" in refused.stderr, refused.stderr
+
+
 # How prometheus_client exposes a family's samples, by the family's type.
 SAMPLE_SUFFIXES = {
     "counter": ("_total", "_created"),

@@ -745,3 +745,19 @@ def test_status_lines_show_restarts_and_the_supervisor(tmp_path: Path) -> None:
     assert any("etcd" in ln and "restarts: 0" in ln for ln in lines)
     assert any("supervisor" in ln and "pid 99" in ln for ln in lines)
     assert "gateway api: v1.7.0" in lines
+
+
+def test_prometheus_operator_module_gives_its_two_monitor_crds(tmp_path: Path) -> None:
+    import zipfile
+
+    from localcluster import monitoringcrds
+
+    prefix = "github.com/prometheus-operator/prometheus-operator@v0.89.0/example/prometheus-operator-crd/"
+    archive = tmp_path / "v0.89.0.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name in (*monitoringcrds.FILES, "monitoring.coreos.com_probes.yaml"):
+            zipped.writestr(prefix + name, f"# {name}\n")
+        zipped.writestr(prefix.replace("example/", "jsonnet/") + monitoringcrds.FILES[0], "# elsewhere\n")
+    files = monitoringcrds.read_files({"Zip": str(archive)})
+    assert files == {name: f"# {name}\n" for name in monitoringcrds.FILES}  # only these, from example/
+    assert monitoringcrds.read_files({"Dir": str(tmp_path / "absent")}) == {}
