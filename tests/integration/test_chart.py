@@ -570,7 +570,6 @@ def test_pod_monitors_and_dashboard_render_only_when_enabled(crd: Cluster) -> No
     assert [d["metadata"]["name"] for d in monitoring(off)[0]] == ["rel-flotilla-serving"]
 
 
-
 def test_monitors_are_accepted_by_the_prometheus_operators_own_crds(crd: Cluster) -> None:
     """The ServiceMonitor and PodMonitors as rendered, against the Prometheus operator's real CRDs
     (cached by `localcluster build`): the API server accepts them with strict field validation,
