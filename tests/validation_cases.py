@@ -111,6 +111,13 @@ REFUSED: list[Case] = [
     Case("cosine-vacuous", budget(minCosineSimilarity=0), "minCosineSimilarity must be from 0.5 to 1, not a percent"),
     Case("cosine-percent", budget(minCosineSimilarity=99), "less than or equal to 1"),
     Case("top1-negative", budget(maxTop1Disagreement=-0.1), "greater than or equal to 0"),
+    Case("kl-huge", budget(maxKLDivergence=50), "maxKLDivergence is in nats per position, from 0 to 10"),
+    Case("kl-negative", budget(maxKLDivergence=-1), "greater than or equal to 0"),
+    Case(
+        "kl-on-embeddings",
+        {"source": {**SOURCE, "task": "feature-extraction"}, "optimize": {"accuracyBudget": {"maxKLDivergence": 0.1}}},
+        "maxKLDivergence does not apply to feature-extraction",
+    ),
     Case(
         "latency-regression-percent",
         canary(maxLatencyRegression=10),
@@ -188,6 +195,8 @@ ACCEPTED: list[Case] = [
         ),
         None,
     ),
+    Case("kl-budget", budget(maxKLDivergence=0.05), None),
+    Case("kl-on-labels", {"source": {**SOURCE, "task": "text-classification"}, **budget(maxKLDivergence=10)}, None),
     Case("autoscaling-without-replicas", s(autoscaling=AUTO), None),
     Case("replicas-without-autoscaling", s(replicas=3), None),
     Case("replicas-default-with-autoscaling", s(replicas=1, autoscaling=AUTO), None),  # the default: ignored

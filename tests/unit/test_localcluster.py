@@ -109,7 +109,17 @@ def test_helm_ldflags_set_default_capabilities_from_its_client_go() -> None:
 def test_versions_file_pins_every_group() -> None:
     versions = load_versions()
     groups = build.groups(versions, with_kubectl=False)
-    names = ["kubernetes", "etcd", "kwok", "gateway-api", "helm", "prometheus", "kstatus", "actionlint"]
+    names = [
+        "kubernetes",
+        "etcd",
+        "kwok",
+        "gateway-api",
+        "prometheus-operator",
+        "helm",
+        "prometheus",
+        "kstatus",
+        "actionlint",
+    ]
     assert [g.name for g in groups] == names
     assert all(g.version.startswith("v") for g in groups)
     assert "kubectl" not in groups[0].binaries

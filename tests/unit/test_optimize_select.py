@@ -45,3 +45,36 @@ def test_table_lists_every_candidate() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("recipe") and lines[1].startswith("a ") and lines[1].endswith("yes")
     assert lines[2].startswith("b ") and lines[2].endswith("no")
+
+
+def test_the_gate_fails_closed_on_a_figure_it_names_but_did_not_get() -> None:
+    budget = AccuracyBudget()
+    within = AccuracyFigures(top1_agreement=0.99, kl_divergence=0.01, perplexity_ratio=1.01)
+    assert gate("text-generation", within, budget) == []  # a correct gate must accept this
+    no_ppl = AccuracyFigures(top1_agreement=0.99, kl_divergence=0.01)
+    assert gate("text-generation", no_ppl, budget) == ["perplexity ratio was not measured"]
+    nan_top1 = AccuracyFigures(top1_agreement=float("nan"), perplexity_ratio=1.0)
+    assert gate("text-generation", nan_top1, budget) == ["top-1 agreement is nan, not a number"]
+    assert gate("text-classification", AccuracyFigures(), budget) == ["top-1 agreement was not measured"]
+    assert gate("feature-extraction", AccuracyFigures(cosine_similarity=float("inf")), budget) == [
+        "cosine similarity is inf, not a number"
+    ]
+    assert gate("feature-extraction", AccuracyFigures(top1_agreement=1.0), budget) == [
+        "cosine similarity was not measured"
+    ]
+    assert gate("text-to-image", within, budget) == ["no accuracy gate for task 'text-to-image'"]
+
+
+def test_max_kl_divergence_gates_only_when_set() -> None:
+    figures = AccuracyFigures(top1_agreement=0.99, kl_divergence=0.08, perplexity_ratio=1.01)
+    assert gate("text-generation", figures, AccuracyBudget()) == []  # measured, not gated by default
+    assert gate("text-generation", figures, AccuracyBudget(max_kl_divergence=0.08)) == []  # the limit passes
+    assert gate("text-generation", figures, AccuracyBudget(max_kl_divergence=0.05)) == ["KL divergence 0.0800 > 0.0500"]
+    unmeasured = AccuracyFigures(top1_agreement=1.0, perplexity_ratio=1.0)
+    assert gate("text-generation", unmeasured, AccuracyBudget(max_kl_divergence=1.0)) == [
+        "KL divergence was not measured"
+    ]
+    labels = AccuracyFigures(top1_agreement=1.0, kl_divergence=0.2)
+    assert gate("text-classification", labels, AccuracyBudget(max_kl_divergence=0.1)) == [
+        "KL divergence 0.2000 > 0.1000"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flotilla.api.v1alpha1 import AccuracyBudget
@@ -49,20 +50,84 @@ class Candidate:
         return self.prefill_speedup or 0.0
 
 
+EPS = 1e-12  # equal to the limit passes: a budget of 0.03 admits exactly 97% agreement
+TOKEN_TASKS = {"text-generation", "text-classification"}  # figures over next-token (or label) distributions
+GATED_TASKS = {*TOKEN_TASKS, "feature-extraction"}
+
+
+@dataclass(frozen=True)
+class _Limit:
+    figure: str  # as messages name it
+    value: float | None
+    broken: Callable[[float], bool]
+    message: Callable[[float], str]
+
+
+def _limits(task: str, a: AccuracyFigures, budget: AccuracyBudget) -> list[_Limit]:
+    """The figures the budget names for `task`, each with its limit."""
+    limits: list[_Limit] = []
+    top1, ppl, kl = budget.max_top1_disagreement, budget.max_perplexity_increase, budget.max_kl_divergence
+    if task in TOKEN_TASKS:
+        limits.append(
+            _Limit(
+                "top-1 agreement",
+                a.top1_agreement,
+                lambda v: 1.0 - v > top1 + EPS,
+                lambda v: f"top-1 disagreement {1.0 - v:.3f} > {top1:.3f}",
+            )
+        )
+    if task == "text-generation":
+        limits.append(
+            _Limit(
+                "perplexity ratio",
+                a.perplexity_ratio,
+                lambda v: v - 1.0 > ppl + EPS,
+                lambda v: f"perplexity +{v - 1.0:.3f} > +{ppl:.3f}",
+            )
+        )
+    if task in TOKEN_TASKS and kl is not None:
+        kl_limit = kl
+        limits.append(
+            _Limit(
+                "KL divergence",
+                a.kl_divergence,
+                lambda v: v > kl_limit + EPS,
+                lambda v: f"KL divergence {v:.4f} > {kl_limit:.4f}",
+            )
+        )
+    if task == "feature-extraction":
+        cos = budget.min_cosine_similarity
+        limits.append(
+            _Limit(
+                "cosine similarity",
+                a.cosine_similarity,
+                lambda v: v < cos - EPS,
+                lambda v: f"cosine {v:.4f} < {cos:.4f}",
+            )
+        )
+    return limits
+
+
 def gate(task: str, accuracy: AccuracyFigures, budget: AccuracyBudget) -> list[str]:
-    """Which budget limits `accuracy` breaks (empty: within budget)."""
+    """Which budget limits `accuracy` breaks (empty: within budget).
+
+    It fails closed: a figure the budget names for `task` that the evaluation did not produce, or
+    that is not a number, is a violation, never a pass (NaN compares False with every limit, so
+    `nan > limit` alone would let it through).
+    """
+    if task not in GATED_TASKS:
+        return [f"no accuracy gate for task {task!r}"]
     problems: list[str] = []
-    if task in {"text-generation", "text-classification"} and accuracy.top1_agreement is not None:
-        disagreement = 1.0 - accuracy.top1_agreement
-        if disagreement > budget.max_top1_disagreement + 1e-12:
-            problems.append(f"top-1 disagreement {disagreement:.3f} > {budget.max_top1_disagreement:.3f}")
-    if task == "text-generation" and accuracy.perplexity_ratio is not None:
-        increase = accuracy.perplexity_ratio - 1.0
-        if increase > budget.max_perplexity_increase + 1e-12:
-            problems.append(f"perplexity +{increase:.3f} > +{budget.max_perplexity_increase:.3f}")
-    cosine = accuracy.cosine_similarity
-    if task == "feature-extraction" and cosine is not None and cosine < budget.min_cosine_similarity - 1e-12:
-        problems.append(f"cosine {cosine:.4f} < {budget.min_cosine_similarity:.4f}")
+    if task not in TOKEN_TASKS and budget.max_kl_divergence is not None:
+        problems.append(f"maxKLDivergence does not apply to {task} (no next-token distribution)")
+    for limit in _limits(task, accuracy, budget):
+        value = limit.value
+        if value is None:
+            problems.append(f"{limit.figure} was not measured")
+        elif not math.isfinite(value):
+            problems.append(f"{limit.figure} is {value}, not a number")
+        elif limit.broken(value):
+            problems.append(limit.message(value))
     return problems
 
 

@@ -133,6 +133,15 @@ class AccuracyBudget(ApiModel):
         description="Smallest mean cosine similarity to fp32 embeddings allowed (feature-extraction), from "
         "0.5 to 1 (not a percent): 0.99 = 99%.",
     )
+    max_kl_divergence: float | None = Field(
+        default=None,
+        ge=0,
+        alias="maxKLDivergence",
+        description="Largest mean KL divergence KL(fp32 || candidate) of the next-token (or label) "
+        "distributions allowed, in nats per position, from 0 to 10 (text-generation, text-classification; "
+        "refused for feature-extraction, which has no such distribution). Unset: KL is measured and reported "
+        "but not gated.",
+    )
 
     cel_rules = (
         _fraction("optimize.accuracyBudget", "maxTop1Disagreement", 0.5, "0.03 = 3%"),
@@ -140,6 +149,10 @@ class AccuracyBudget(ApiModel):
         (
             "self.minCosineSimilarity >= 0.5",
             "optimize.accuracyBudget.minCosineSimilarity must be from 0.5 to 1, not a percent (0.99 = 99%)",
+        ),
+        (
+            "!has(self.maxKLDivergence) || self.maxKLDivergence <= 10.0",
+            "optimize.accuracyBudget.maxKLDivergence is in nats per position, from 0 to 10 (0.05 is a tight budget)",
         ),
     )
 
@@ -151,6 +164,7 @@ class AccuracyBudget(ApiModel):
                 (self.max_top1_disagreement <= 0.5, self.cel_rules[0][1]),
                 (self.max_perplexity_increase <= 0.5, self.cel_rules[1][1]),
                 (self.min_cosine_similarity >= 0.5, self.cel_rules[2][1]),
+                (self.max_kl_divergence is None or self.max_kl_divergence <= 10.0, self.cel_rules[3][1]),
             ],
         )
         return self
@@ -534,6 +548,12 @@ class SmallModelSpec(ApiModel):
             "spec.replicas is not used while autoscaling.enabled is true: the autoscaler owns the replica count "
             "(kubectl scale does not apply); leave replicas unset",
         ),
+        (
+            "!has(self.optimize.accuracyBudget) || !has(self.optimize.accuracyBudget.maxKLDivergence) "
+            "|| !has(self.source.task) || self.source.task != 'feature-extraction'",
+            "optimize.accuracyBudget.maxKLDivergence does not apply to feature-extraction (embeddings have no "
+            "next-token distribution): use minCosineSimilarity",
+        ),
     )
 
     @model_validator(mode="after")
@@ -545,6 +565,10 @@ class SmallModelSpec(ApiModel):
                 (self.optimize.precision != "fp16" or gpu or self.optimize.target == "tensorrt", self.cel_rules[0][1]),
                 (self.optimize.target != "tensorrt" or gpu, self.cel_rules[1][1]),
                 (not self.autoscaling.enabled or self.replicas == 1, self.cel_rules[2][1]),
+                (
+                    self.optimize.accuracy_budget.max_kl_divergence is None or self.source.task != "feature-extraction",
+                    self.cel_rules[3][1],
+                ),
             ],
         )
         return self
