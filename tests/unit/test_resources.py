@@ -36,6 +36,20 @@ def test_job_runs_the_optimizer_with_the_spec_arguments() -> None:
     assert rules[0]["action"] == "FailJob"
 
 
+
+def test_a_kl_budget_reaches_the_optimizer_and_its_gate() -> None:
+    from flotilla.optimize import cli
+
+    unset = container(optimizer.build_job(model(), "k" * 20, CONFIG))["args"]
+    assert "--max-kl-divergence" not in unset  # not gated unless asked: the Job is what it was
+    m = model(optimize={"accuracyBudget": {"maxKLDivergence": 0.05}})
+    args = container(optimizer.build_job(m, key_of(m), CONFIG))["args"]
+    assert args[args.index("--max-kl-divergence") + 1] == "0.05"
+    argv = [a for a in args if a != "--export-cache" and not a.startswith("/artifacts/.")]
+    request = cli._request(cli.build_parser().parse_args(argv))
+    assert request.budget.max_kl_divergence == 0.05  # type: ignore[attr-defined]
+
+
 def test_credentials_secret_reaches_the_job() -> None:
     m = model(source={"uri": "hf://org/m", "credentialsSecretRef": {"name": "hf-token"}})
     assert container(optimizer.build_job(m, "k" * 20, CONFIG))["envFrom"] == [{"secretRef": {"name": "hf-token"}}]

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-top1-disagreement", type=float, default=defaults.max_top1_disagreement)
     p.add_argument("--max-perplexity-increase", type=float, default=defaults.max_perplexity_increase)
     p.add_argument("--min-cosine-similarity", type=float, default=defaults.min_cosine_similarity)
+    p.add_argument("--max-kl-divergence", type=float, default=None, help="nats per position (default: not gated)")
     p.add_argument("--eval-text", type=Path, default=None, help="evaluation sentences, one per line")
     p.add_argument("--gpu", action="store_true", help="ship the GPU config variant (KIND_GPU, CUDA/TensorRT EP)")
     p.add_argument("--termination-message-path", type=Path, default=None)
@@ -101,6 +102,7 @@ def _request(args: argparse.Namespace) -> object:
             max_top1_disagreement=args.max_top1_disagreement,
             max_perplexity_increase=args.max_perplexity_increase,
             min_cosine_similarity=args.min_cosine_similarity,
+            max_kl_divergence=args.max_kl_divergence,
         )
     except ValueError as exc:
         raise OptimizeError("InvalidArguments", f"invalid accuracy budget: {exc}") from exc

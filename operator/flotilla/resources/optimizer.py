@@ -37,6 +37,8 @@ def optimizer_args(model: SmallModel, key: str, config: OperatorConfig) -> list[
         "--max-perplexity-increase", str(budget.max_perplexity_increase),
         "--min-cosine-similarity", str(budget.min_cosine_similarity),
     ]  # fmt: skip
+    if budget.max_kl_divergence is not None:
+        args += ["--max-kl-divergence", str(budget.max_kl_divergence)]
     if spec.source.revision:
         args += ["--revision", spec.source.revision]
     if spec.serving.gpu.count > 0:
