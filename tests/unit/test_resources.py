@@ -36,7 +36,6 @@ def test_job_runs_the_optimizer_with_the_spec_arguments() -> None:
     assert rules[0]["action"] == "FailJob"
 
 
-
 def test_a_kl_budget_reaches_the_optimizer_and_its_gate() -> None:
     from flotilla.optimize import cli
 
