@@ -24,6 +24,8 @@ class Versions:
     prometheus: str = ""
     gateway_api: str = ""
     actionlint: str = ""
+    kind: str = ""
+    kind_node_image: str = ""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -49,6 +51,8 @@ def load_versions(path: Path = VERSIONS_FILE) -> Versions:
             prometheus=values["PROMETHEUS_VERSION"],
             gateway_api=values["GATEWAY_API_VERSION"],
             actionlint=values["ACTIONLINT_VERSION"],
+            kind=values["KIND_VERSION"],
+            kind_node_image=values["KIND_NODE_IMAGE"],
         )
     except KeyError as missing:
         raise SystemExit(f"{path}: missing {missing.args[0]}") from None
@@ -89,3 +93,8 @@ def tool_version(name: str, module: str) -> str:
 def kstatus_version() -> str:
     """e2e/tools/kstatus: sigs.k8s.io/cli-utils' status.Compute on stdin's objects."""
     return tool_version("kstatus", "sigs.k8s.io/cli-utils")
+
+
+def kindconfig_version() -> str:
+    """e2e/tools/kindconfig: kind's own config loader and validation on a cluster config."""
+    return tool_version("kindconfig", "sigs.k8s.io/kind")
