@@ -117,7 +117,6 @@ def settings(*, need_images: bool) -> plan.Settings:
 
 
 def preflight(s: plan.Settings) -> None:
-    check_docker()
     if error := plan.missing_archives(s):
         raise KindDemoError(error)
     for name in plan.IMAGES:
@@ -221,9 +220,9 @@ def main() -> int:
     parser.add_argument("--down", action="store_true", help="delete the kind cluster")
     args = parser.parse_args()
     try:
+        check_docker()  # first: a machine without Docker builds nothing
         if args.down:
             s = settings(need_images=False)
-            check_docker()
             run_steps(s, plan.down_steps(s))
             return 0
         s = settings(need_images=True)
