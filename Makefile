@@ -23,6 +23,7 @@ help:
 	@echo "make cluster-up | cluster-down | cluster-status | cluster-binaries"
 	@echo "make crds          regenerate crds/ and the chart's CRD template from the api models"
 	@echo "make install-yaml  regenerate dist/install.yaml (the chart rendered for kubectl; needs helm built)"
+	@echo "make kind-demo     the demo on a kind cluster (needs Docker and make images); make kind-down deletes it"
 
 # One virtualenv with everything (operator, optimizer, serving, dev tools). uv resolves
 # from the checked-in lock and caches wheels under ~/.cache/uv, so a second install is fast.
@@ -71,9 +72,9 @@ typecheck: $(STAMP)
 
 # kstatus (sigs.k8s.io/cli-utils, e2e/tools/kstatus) and actionlint are Go builds, cached by version:
 # tests/unit/test_gitops.py checks the conditions with kstatus's own computation, tests/unit/test_workflows.py
-# checks .github/workflows with actionlint.
+# checks .github/workflows with actionlint; tests/unit/test_kind.py checks e2e/kind with kind and kindconfig.
 test-unit: $(STAMP)
-	@$(LOCAL) build kstatus actionlint
+	@$(LOCAL) build kstatus actionlint kind kindconfig
 	@$(PY) -m pytest tests/unit -m "not cluster and not slow"
 
 # The README's test command. Everything: static checks, CRDs fresh, unit, integration
@@ -103,6 +104,15 @@ demo: $(STAMP)
 
 demo-down: $(STAMP)
 	@$(PY) -m demo --down
+
+# The demo on kind (e2e/kind/): real kubelet, kube-proxy and containerd in Docker, the images from
+# `make images` (dist/images/*.tar) loaded with `kind load image-archive`. Needs a Docker engine.
+.PHONY: kind-demo kind-down
+kind-demo: $(STAMP)
+	@$(PY) -m kind
+
+kind-down: $(STAMP)
+	@$(PY) -m kind --down
 
 clean: cluster-down
 	rm -rf $(VENV) .flotilla

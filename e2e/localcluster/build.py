@@ -24,7 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .versions import TOOLS_DIR, Versions, bin_dir, cache_root, kstatus_version, load_versions, manifests_dir
+from .versions import (
+    TOOLS_DIR,
+    Versions,
+    bin_dir,
+    cache_root,
+    kindconfig_version,
+    kstatus_version,
+    load_versions,
+    manifests_dir,
+)
 
 RETRY_HINT = "retry with: make cluster-binaries"
 
@@ -385,6 +394,10 @@ def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
                 f"-s -w -X github.com/rhysd/actionlint.version={versions.actionlint}",
             ),
         ),
+        # For users with Docker: `make kind-demo` (e2e/kind/). Here only built and its config checked.
+        Group("kind", versions.kind, ("kind",), build_installed({"kind": "sigs.k8s.io/kind"}, versions.kind)),
+        # Test tool: kind's own config loader and validation (tests/unit/test_kind.py).
+        Group("kindconfig", kindconfig_version(), ("kindconfig",), build_tool("kindconfig")),
     ]
 
 

@@ -25,6 +25,8 @@ class Versions:
     gateway_api: str = ""
     actionlint: str = ""
     prometheus_operator: str = ""
+    kind: str = ""
+    kind_node_image: str = ""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -51,6 +53,8 @@ def load_versions(path: Path = VERSIONS_FILE) -> Versions:
             gateway_api=values["GATEWAY_API_VERSION"],
             actionlint=values["ACTIONLINT_VERSION"],
             prometheus_operator=values["PROMETHEUS_OPERATOR_VERSION"],
+            kind=values["KIND_VERSION"],
+            kind_node_image=values["KIND_NODE_IMAGE"],
         )
     except KeyError as missing:
         raise SystemExit(f"{path}: missing {missing.args[0]}") from None
@@ -91,3 +95,8 @@ def tool_version(name: str, module: str) -> str:
 def kstatus_version() -> str:
     """e2e/tools/kstatus: sigs.k8s.io/cli-utils' status.Compute on stdin's objects."""
     return tool_version("kstatus", "sigs.k8s.io/cli-utils")
+
+
+def kindconfig_version() -> str:
+    """e2e/tools/kindconfig: kind's own config loader and validation on a cluster config."""
+    return tool_version("kindconfig", "sigs.k8s.io/kind")
