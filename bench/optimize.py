@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,11 @@ def main() -> int:
     parser.add_argument("--eval-limit", type=int, default=None, help="held-out sentences (default: all)")
     parser.add_argument("--recipes", default=None, help="comma-separated recipes (default: every CPU recipe)")
     parser.add_argument("--cache", type=Path, default=Path(".flotilla/bench-exports"), help="fp32 export cache")
+    parser.add_argument(
+        "--screen-sentences", type=int, default=32, help="the screening pass's sentences (0: none, as before it)"
+    )
     args = parser.parse_args()
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as tmp:
         request = Request(
             source=str(smollm2()),
@@ -74,6 +80,7 @@ def main() -> int:
             eval_limit=args.eval_limit,
             speed_rounds=args.rounds,
             export_cache=args.cache.resolve(),
+            screen_sentences=args.screen_sentences,
         )
         if request.recipes is None:
             from flotilla.optimize.recipes import candidates
@@ -86,6 +93,11 @@ def main() -> int:
             if not exc.candidates:
                 raise
             records, picked = exc.candidates, None
+    # The whole run (the fp32 export comes from --cache once made): what `auto` costs a Job.
+    run = {"wall_s": round(time.monotonic() - started, 1), "screen_sentences": args.screen_sentences}
+    run["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    screened = [r["recipe"] for r in records if any("screened out" in v for v in r.get("violations", []))]
+    run["screened_out"] = sorted(screened)
     reference = {"recipe": "fp32", "precision": "fp32", "sizeRatio": 1.0, "prefillSpeedupB1": 1.0}
     reference |= {"prefillSpeedupB8": 1.0, "decodeSpeedup": 1.0, "requestSpeedup": 1.0, "withinBudget": True}
     reference["accuracy"] = {"top1_agreement": 1.0, "kl_divergence": 0.0, "perplexity_ratio": 1.0}
@@ -93,9 +105,11 @@ def main() -> int:
         print(json.dumps(line(record, auto=False)), flush=True)
     pick = next((r for r in records if r["recipe"] == picked), None)
     if pick is None:
-        print(json.dumps({"bench": "optimize", "auto": True, "recipe": None, "error": "no recipe within budget"}))
+        print(
+            json.dumps({"bench": "optimize", "auto": True, "recipe": None, "error": "no recipe within budget", **run})
+        )
         return 1
-    print(json.dumps({**line(pick, auto=True), "targets": TARGETS}), flush=True)
+    print(json.dumps({**line(pick, auto=True), "targets": TARGETS, **run}), flush=True)
     return 0
 
 

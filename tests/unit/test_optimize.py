@@ -431,3 +431,63 @@ def test_tensorrt_target_without_trtexec_fails_clearly(tmp_path: Path, monkeypat
     )
     assert code != 0 and summary.reason == "UnsupportedModel" and "trtexec" in summary.message
     assert not out.exists()
+
+
+class ScreenRun:
+    """A stand-in for pipeline._Run: records what was fully evaluated and timed."""
+
+    def __init__(self, tmp: Path, slice_figures: dict[str, Any]) -> None:
+        from flotilla.optimize.evaluate import AccuracyFigures, SpeedFigures
+
+        self.paths = {}
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in ["fp32", *slice_figures]:
+            (tmp / name).mkdir()
+            (tmp / name / "model.onnx").write_bytes(b"x" * 100)
+            self.paths[name] = tmp / name / "model.onnx"
+        self.slice_figures = slice_figures
+        self.screened: list[tuple[list[str], int]] = []
+        self.evaluated: list[str] = []
+        self.timed: list[str] = []
+        self.full = AccuracyFigures(top1_agreement=0.99, kl_divergence=0.01, perplexity_ratio=1.01)
+        self.speed_figures = SpeedFigures(prefill_b1_s=1.0, prefill_b8_s=8.0, decode_tokens_per_s=10.0)
+
+    def screen(self, names: list[str], texts: list[str]) -> dict[str, Any]:
+        self.screened.append((names, len(texts)))
+        return {n: (self.slice_figures[n], 400) for n in names}
+
+    def evaluate(self, names: list[str], texts: list[str]) -> dict[str, Any]:
+        self.evaluated = names
+        return {n: self.full for n in names}
+
+    def speed(self, names: list[str]) -> dict[str, Any]:
+        self.timed = names
+        return {n: self.speed_figures for n in ["fp32", *names]}
+
+
+def test_screened_out_candidates_skip_the_full_evaluation_and_the_timing(tmp_path: Path) -> None:
+    from flotilla.optimize import pipeline
+    from flotilla.optimize.evaluate import AccuracyFigures
+
+    broken = AccuracyFigures(top1_agreement=0.4, kl_divergence=1.0, perplexity_ratio=2.0)
+    good = AccuracyFigures(top1_agreement=1.0, kl_divergence=0.0, perplexity_ratio=1.0)
+    run = ScreenRun(tmp_path, {"int8-dynamic-per-tensor": broken, "int4-grid-b32": good})
+    req = pipeline.Request(source="file:///m", task="text-generation", name="m", out=tmp_path / "o")
+    texts = [f"sentence {i}" for i in range(64)]
+    measured = pipeline._measure(run, req, list(run.slice_figures), texts)  # type: ignore[arg-type]
+    assert run.screened == [(["int8-dynamic-per-tensor", "int4-grid-b32"], 32)]
+    assert run.evaluated == ["int4-grid-b32"] and run.timed == ["int4-grid-b32"]
+    by_name = {c.recipe: c for c in measured}
+    dropped = by_name["int8-dynamic-per-tensor"]
+    assert dropped.violations[0].startswith("screened out on 32 held-out sentences: top-1 disagreement 0.600")
+    assert dropped.accuracy == broken and dropped.speed is None and dropped.size_ratio == 1.0
+    assert by_name["int4-grid-b32"].within_budget and by_name["int4-grid-b32"].speed is not None
+
+    # A held-out set under twice the slice is evaluated in full at once; 0 turns screening off.
+    for req_texts, screen in ((texts[:63], 32), (texts, 0)):
+        again = ScreenRun(tmp_path / f"r{len(req_texts)}-{screen}", {"int8-dynamic-per-tensor": broken})
+        request = pipeline.Request(
+            source="file:///m", task="text-generation", name="m", out=tmp_path / "o", screen_sentences=screen
+        )
+        pipeline._measure(again, request, ["int8-dynamic-per-tensor"], req_texts)  # type: ignore[arg-type]
+        assert again.screened == [] and again.evaluated == ["int8-dynamic-per-tensor"]

@@ -78,3 +78,35 @@ def test_max_kl_divergence_gates_only_when_set() -> None:
     assert gate("text-classification", labels, AccuracyBudget(max_kl_divergence=0.1)) == [
         "KL divergence 0.2000 > 0.1000"
     ]
+
+
+def test_wilson_lower_bound_matches_the_textbook_value() -> None:
+    from flotilla.optimize.select import wilson_lower
+
+    # 50 of 100 at z = 1.96: the Wilson interval is (0.4038, 0.5962).
+    assert abs(wilson_lower(0.5, 100, z=1.96) - 0.4038) < 1e-4
+    assert wilson_lower(0.0, 300) == 0.0 and wilson_lower(0.3, 0) == 0.0
+
+
+def test_screening_drops_only_what_clearly_cannot_pass() -> None:
+    from flotilla.optimize.select import hopeless
+
+    budget = AccuracyBudget()  # top-1 disagreement <= 0.03, perplexity <= +5%
+    broken = AccuracyFigures(top1_agreement=0.385, kl_divergence=1.04, perplexity_ratio=1.98)  # int8 dynamic
+    assert len(hopeless("text-generation", broken, 300, budget)) == 2
+    # 0.047 observed on 300 positions: could still be <= 0.03 over the full set, so it is kept
+    # for the full gate (which then refuses it on its own figures).
+    near = AccuracyFigures(top1_agreement=0.953, kl_divergence=0.006, perplexity_ratio=1.004)
+    assert hopeless("text-generation", near, 300, budget) == []
+    assert gate("text-generation", near, budget) != []
+    # The same observed rate on 3,000 positions is no longer plausible.
+    assert hopeless("text-generation", near, 3000, budget) != []
+    clearly_off = AccuracyFigures(top1_agreement=0.90, perplexity_ratio=1.01)
+    assert hopeless("text-generation", clearly_off, 300, budget)[0].startswith("top-1 disagreement 0.100 on 300")
+    assert hopeless("text-generation", AccuracyFigures(top1_agreement=1.0, perplexity_ratio=1.12), 300, budget) == []
+    assert hopeless("text-generation", AccuracyFigures(top1_agreement=1.0, perplexity_ratio=1.16), 300, budget)
+    assert hopeless("text-generation", AccuracyFigures(), 300, budget) == []  # missing: the full gate decides
+    assert hopeless("feature-extraction", AccuracyFigures(cosine_similarity=0.98), 32, budget) == []
+    assert hopeless("feature-extraction", AccuracyFigures(cosine_similarity=0.96), 32, budget)
+    kl_budget = AccuracyBudget(max_kl_divergence=0.01)
+    assert hopeless("text-classification", AccuracyFigures(top1_agreement=1.0, kl_divergence=0.05), 32, kl_budget)

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", default=None, help="comma-separated recipe names to try (default: by precision)")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N held-out sentences")
     p.add_argument("--speed-rounds", type=int, default=3, help="interleaved timing rounds (0: skip timing)")
+    p.add_argument(
+        "--screen-sentences",
+        type=int,
+        default=32,
+        help="held-out sentences of the screening pass that drops clearly failing candidates (0: none)",
+    )
     p.add_argument("--work-dir", type=Path, default=None, help="scratch space (default: beside --out)")
     p.add_argument("--export-cache", type=Path, default=None, help="reuse fp32 exports kept here (tests, benchmarks)")
     return p
@@ -120,6 +126,7 @@ def _request(args: argparse.Namespace) -> object:
         recipes=[r for r in args.recipes.split(",") if r] if args.recipes else None,
         eval_limit=args.eval_limit,
         speed_rounds=args.speed_rounds,
+        screen_sentences=args.screen_sentences,
         work_dir=args.work_dir,
         export_cache=args.export_cache,
     )

@@ -25,10 +25,10 @@ from flotilla.api.v1alpha1.artifact import Accuracy, Speedup
 
 from . import evaluate, recipes, repository, tensorrt
 from .errors import OptimizeError
-from .evaluate import SpeedFigures
+from .evaluate import AccuracyFigures, SpeedFigures
 from .export import Exported, export
 from .progress import log, step
-from .select import Candidate, attach_speedups, gate, pick, table
+from .select import Candidate, attach_speedups, gate, hopeless, pick, table
 from .source import Source, canonical_uri, resolve, split_revision
 
 CALIBRATION_SENTENCES = 32
@@ -50,6 +50,9 @@ class Request:
     recipes: list[str] | None = None  # restrict the candidates (tests, benchmarks)
     eval_limit: int | None = None
     speed_rounds: int = 3
+    # Held-out sentences of the screening pass (0: none): candidates that clearly fail on them are
+    # dropped before the full evaluation and timing (select.hopeless).
+    screen_sentences: int = 32
     work_dir: Path | None = None
     export_cache: Path | None = None  # reuse fp32 exports across runs (tests, benchmarks)
 
@@ -181,6 +184,34 @@ class _Run:
                 return evaluate.compare_embedders(ref_engine, engines, texts)
             return evaluate.compare_classifiers(ref_engine, engines, texts)
 
+    def screen(self, names: list[str], texts: list[str]) -> dict[str, tuple[AccuracyFigures, int]]:
+        """Each candidate against the reference on `texts`, one candidate session at a time (the
+        reference is recomputed for each: the slice is small, and memory stays at two sessions).
+        Returns figures and the number of positions (texts for encoders) they were measured on."""
+        assert self.exported is not None
+        out: dict[str, tuple[AccuracyFigures, int]] = {}
+        with step(f"screen {len(names)} candidate(s) on {len(texts)} held-out sentences"):
+            if self.req.task == "text-generation":
+                tokenizer = _tokenizer(self.exported.directory)
+                sequences = [s for s in (list(tokenizer(t)["input_ids"]) for t in texts) if len(s) > 1]
+                pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+                positions = sum(len(s) - 1 for s in sequences)  # what compare_decoders counts
+                ref = evaluate.session(self.paths["fp32"])
+                for name in names:
+                    cand = {name: evaluate.session(self.paths[name])}
+                    out[name] = (evaluate.compare_decoders(ref, cand, sequences, pad)[name], positions)
+                    del cand
+                return out
+            compare = (
+                evaluate.compare_embedders if self.req.task == "feature-extraction" else evaluate.compare_classifiers
+            )
+            ref_engine = _engine(self.exported, self.paths["fp32"])
+            for name in names:
+                engines = {name: _engine(self.exported, self.paths[name])}
+                out[name] = (compare(ref_engine, engines, texts)[name], len(texts))
+                del engines
+        return out
+
     def speed(self, names: list[str]) -> dict[str, SpeedFigures]:
         assert self.exported is not None
         vocab = int(self.exported.metadata.get("vocab_size", 0)) or 1000
@@ -280,7 +311,31 @@ def _summary(req: Request, key: str, chosen: Candidate, backend: str) -> Artifac
     )
 
 
+def _screen(run: _Run, req: Request, names: list[str], texts: list[str]) -> list[Candidate]:
+    """Candidates that clearly fail on the first `screen_sentences` held-out sentences, with
+    the slice's figures and why; they skip the full evaluation and the timing. Only when the
+    held-out set is at least twice the slice (else the full pass is as cheap)."""
+    size = req.screen_sentences
+    if size <= 0 or len(texts) < 2 * size or not names:
+        return []
+    ref_size = recipes.model_size(run.paths["fp32"])
+    dropped = []
+    for name, (figures, positions) in run.screen(names, texts[:size]).items():
+        reasons = hopeless(req.task, figures, positions, req.budget)
+        if reasons:
+            c = _candidate(name, recipes.model_size(run.paths[name]), figures, None)
+            attach_speedups(c, None, ref_size)
+            c.violations = [f"screened out on {size} held-out sentences: " + "; ".join(reasons)]
+            dropped.append(c)
+            log(f"candidate {name}: {c.violations[0]}")
+    kept = len(names) - len(dropped)
+    log(f"screening kept {kept} of {len(names)} candidate(s) for the full evaluation and timing")
+    return dropped
+
+
 def _measure(run: _Run, req: Request, names: list[str], texts: list[str]) -> list[Candidate]:
+    screened = _screen(run, req, names, texts)
+    names = [n for n in names if n not in {c.recipe for c in screened}]
     accuracy = run.evaluate(names, texts)
     speeds = run.speed(names) if names and req.speed_rounds > 0 else {}
     ref_size = recipes.model_size(run.paths["fp32"])
@@ -292,7 +347,7 @@ def _measure(run: _Run, req: Request, names: list[str], texts: list[str]) -> lis
         c.violations = gate(req.task, c.accuracy, req.budget)
         out.append(c)
         log(f"candidate {name}: {table([c]).splitlines()[1]}")
-    return out
+    return out + screened
 
 
 def _reference_candidate(run: _Run) -> Candidate:

@@ -131,6 +131,57 @@ def gate(task: str, accuracy: AccuracyFigures, budget: AccuracyBudget) -> list[s
     return problems
 
 
+# Screening (the first held-out sentences, before full evaluation and timing) drops only
+# candidates that clearly cannot pass. Top-1 disagreement is a proportion over positions: drop when
+# even the lower end of its one-sided Wilson interval at z = 3.29 (99.95%) is above the limit.
+# Positions within a sentence are not independent, so the interval is too narrow by some factor;
+# z = 3.29 rather than 1.64 leaves room for that. Perplexity, KL and cosine have no cheap interval:
+# drop when the slice's figure is past SCREEN_MARGIN times the budget's allowance.
+SCREEN_Z = 3.29
+SCREEN_MARGIN = 3.0
+
+
+def wilson_lower(rate: float, n: int, z: float = SCREEN_Z) -> float:
+    """Lower end of the Wilson score interval of a proportion `rate` observed over `n` trials."""
+    if n <= 0:
+        return 0.0
+    centre = rate + z * z / (2 * n)
+    spread = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def hopeless(task: str, accuracy: AccuracyFigures, positions: int, budget: AccuracyBudget) -> list[str]:
+    """Why a candidate measured on a screening slice of `positions` positions (texts for
+    encoders) cannot pass the full gate; empty: keep it for the full evaluation. A figure missing
+    here is left to the full gate, which fails closed."""
+    reasons: list[str] = []
+    top1, ppl, kl, cos = (
+        accuracy.top1_agreement,
+        accuracy.perplexity_ratio,
+        accuracy.kl_divergence,
+        accuracy.cosine_similarity,
+    )
+    if task in TOKEN_TASKS and top1 is not None and math.isfinite(top1):
+        low = wilson_lower(1.0 - top1, positions)
+        if low > budget.max_top1_disagreement + EPS:
+            reasons.append(
+                f"top-1 disagreement {1.0 - top1:.3f} on {positions} positions "
+                f"(at least {low:.3f} at 99.95%) > {budget.max_top1_disagreement:.3f}"
+            )
+    allowance = SCREEN_MARGIN * budget.max_perplexity_increase
+    if task == "text-generation" and ppl is not None and math.isfinite(ppl) and ppl - 1.0 > allowance + EPS:
+        reasons.append(
+            f"perplexity +{ppl - 1.0:.3f} > {SCREEN_MARGIN:g}x the budget's +{budget.max_perplexity_increase:.3f}"
+        )
+    limit = budget.max_kl_divergence
+    if task in TOKEN_TASKS and limit is not None and kl is not None and kl > SCREEN_MARGIN * limit + EPS:
+        reasons.append(f"KL divergence {kl:.4f} > {SCREEN_MARGIN:g}x the budget's {limit:.4f}")
+    gap = 1.0 - budget.min_cosine_similarity
+    if task == "feature-extraction" and cos is not None and 1.0 - cos > SCREEN_MARGIN * gap + EPS:
+        reasons.append(f"cosine {cos:.4f} < 1 - {SCREEN_MARGIN:g}x the budget's gap {gap:.4f}")
+    return reasons
+
+
 def attach_speedups(candidate: Candidate, reference: SpeedFigures | None, reference_size: int) -> None:
     candidate.size_ratio = candidate.size_bytes / reference_size if reference_size else 1.0
     speed = candidate.speed
