@@ -184,16 +184,22 @@ def test_the_same_event_on_a_read_write_many_claim_is_not_a_single_node_problem(
     assert single_node(claim("Bound", "nfs", "ReadWriteOnce"), "ReadWriteMany", pods, []) is None  # no symptom
 
 
-def test_a_job_pod_out_of_reach_of_its_volume_is_a_single_node_problem() -> None:
+@pytest.mark.parametrize(
+    "message",
+    [
+        "0/7 nodes are available: 7 node(s) had volume node affinity conflict.",  # Kubernetes < 1.30
+        "0/7 nodes are available: 1 node(s) didn't match PersistentVolume's node affinity, 6 node(s) had taints",
+    ],
+)
+def test_a_job_pod_out_of_reach_of_its_volume_is_a_single_node_problem(message: str) -> None:
     m = model()
-    message = "0/7 nodes are available: 7 node(s) had volume node affinity conflict."
     obs = with_store(
         observed(job_object(m), pending_pod_object(m, job=True, message=message)),
         claim("Bound", "local", "ReadWriteOnce"),
     )
     _, reason, said = cond(plan(m, obs, context()), "Optimized")
     assert reason == "ArtifactClaimSingleNode"
-    assert "volume node affinity conflict" in said and "must run on the node" in said
+    assert message in said and "must run on the node" in said
 
 
 def test_replicas_on_a_read_write_once_claim_are_allowed_and_the_status_says_they_share_a_node() -> None:

@@ -24,10 +24,11 @@ CLAIM_PENDING = "ArtifactClaimPending"
 SINGLE_NODE = "ArtifactClaimSingleNode"
 SINGLE_NODE_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
 
-# What the scheduler says when a pod cannot go where a single-node volume is (VolumeBinding,
-# VolumeRestrictions plugins), and what the attach/detach controller says when the volume is
-# attached to another node already.
-_SCHEDULER_SINGLE_NODE = ("volume node affinity conflict", "ReadWriteOncePod")
+# What the scheduler says when a pod cannot go where a single-node volume is (VolumeBinding:
+# "didn't match PersistentVolume's node affinity" since Kubernetes 1.30 or so, "had volume node
+# affinity conflict" before; VolumeRestrictions for ReadWriteOncePod), and what the
+# attach/detach controller says when the volume is attached to another node already.
+_SCHEDULER_SINGLE_NODE = ("PersistentVolume's node affinity", "volume node affinity conflict", "ReadWriteOncePod")
 _MULTI_ATTACH = "Multi-Attach"
 
 
