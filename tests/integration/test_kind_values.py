@@ -101,7 +101,6 @@ def test_kind_values_render_and_the_api_server_accepts_them(crd: Cluster, tmp_pa
         f"deployment.apps/{plan.RELEASE}-flotilla",
         f"service/{plan.RELEASE}-flotilla-gateway",
         "persistentvolumeclaim/flotilla-models",
-        "persistentvolumeclaim/flotilla-artifacts",
         f"pod/{plan.LOADER_POD}",
         f"smallmodel.flotilla.dev/{plan.MODEL}",
     } <= applied, out
