@@ -212,3 +212,55 @@ def test_replicas_on_a_read_write_once_claim_are_allowed_and_the_status_says_the
     assert "3/3 ready" in message and "ReadWriteOnce" in message and "must run on the node" in message
     single = with_store(serving_state(m, pods[0], replicas=1, ready=1), claim("Bound", "standard", "ReadWriteOnce"))
     assert "ReadWriteOnce" not in cond(plan(model(), single, rwo_context()), "Ready")[2]  # one replica: nothing to say
+
+
+# --- the controller's Event lookup --------------------------------------------------------
+
+
+class EventsKube:
+    def __init__(self, events: list[dict[str, Any]] | Exception) -> None:
+        self.events = events
+        self.calls = 0
+
+    async def warning_events(self, namespace: str) -> list[dict[str, Any]]:
+        self.calls += 1
+        if isinstance(self.events, Exception):
+            raise self.events
+        return self.events
+
+
+def raw_event(kind: str, name: str, message: str) -> dict[str, Any]:
+    return {"involvedObject": {"kind": kind, "name": name}, "reason": "R", "message": message, "type": "Warning"}
+
+
+def test_events_are_read_only_while_they_may_explain_a_wait_and_only_about_the_claim_and_the_models_pods() -> None:
+    import asyncio
+
+    from flotilla.controller import Controller
+
+    m = model()
+    stuck = pending_pod_object(m, job=True, message=UNBOUND)
+    found = [
+        raw_event("PersistentVolumeClaim", "flotilla-artifacts", NO_CLASS),
+        raw_event("PersistentVolumeClaim", "someone-elses", "not ours"),
+        raw_event("Pod", "p-1", "about our pod"),
+        raw_event("Pod", "other-pod", "not ours"),
+    ]
+
+    async def main() -> None:
+        kube = EventsKube(found)
+        ctl = Controller(OperatorConfig(), kube=kube)  # type: ignore[arg-type]
+        got = await ctl._store_warnings("ns", with_store(observed(job_object(m), stuck), claim()))
+        assert sorted(e.message for e in got) == sorted([NO_CLASS, "about our pod"])
+        # Bound ReadWriteMany claim, or no claim seen: no request at all.
+        assert await ctl._store_warnings("ns", with_store(observed(job_object(m), stuck), claim("Bound"))) == ()
+        assert await ctl._store_warnings("ns", observed(job_object(m), stuck)) == ()
+        assert kube.calls == 1
+        # Bound ReadWriteOnce with a Pending pod: read (a Multi-Attach error is only an Event).
+        rwo = with_store(observed(job_object(m), stuck), claim("Bound", "standard", "ReadWriteOnce"))
+        assert "about our pod" in [e.message for e in await ctl._store_warnings("ns", rwo)]
+        # Events are an explanation: an error reading them plans without them.
+        failing = Controller(OperatorConfig(), kube=EventsKube(RuntimeError("forbidden")))  # type: ignore[arg-type]
+        assert await failing._store_warnings("ns", with_store(observed(job_object(m)), claim())) == ()
+
+    asyncio.run(main())
