@@ -15,7 +15,7 @@ import pytest
 from localcluster.cluster import Cluster, wait_for
 
 from .conftest import Kubelet, Operator, get
-from .test_operator import SPEC, apply, finish_optimization, manifest, wait_condition
+from .test_operator import SPEC, apply, condition, finish_optimization, manifest, wait_condition
 from .test_pod_failures import CPU_POOL, events, first_pod_created
 
 pytestmark = pytest.mark.cluster
@@ -68,6 +68,13 @@ def test_a_claim_that_cannot_bind_is_the_optimized_condition_until_it_binds(
     for words in (CLAIM, "Pending", missing, "ReadWriteMany", "artifact_storage_class"):
         assert words in message, (words, message)
     assert "not found" in message, message  # the PV controller's (or scheduler's) own words
+
+    def provisioner_words() -> str | None:  # the Event path: read by the operator, not watched
+        c = condition(op.cluster, namespace, "chat", "Optimized")
+        return c["message"] if c and "ProvisioningFailed" in c["message"] else None
+
+    said = wait_for(provisioner_words, timeout=30, what="the PV controller's Event in the message")
+    assert f'storageclass.storage.k8s.io "{missing}" not found' in said, said
     warnings = [e for e in events(op.cluster, namespace, "chat") if e["reason"] == "ArtifactClaimPending"]
     assert warnings and warnings[0]["type"] == "Warning"
 
