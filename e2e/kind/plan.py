@@ -162,7 +162,7 @@ def demo_steps(settings: Settings, *, cluster_exists: bool) -> list[Step]:
     service_url = f"http://{MODEL}.{NAMESPACE}.svc:{SERVICE_PORT}"
     steps += [
         Run(
-            "Demo namespace, model and artifact claims (ReadWriteOnce), weights loader pod",
+            "Demo namespace, model claim (ReadWriteOnce), weights loader pod",
             kubectl(s, "apply", "-f", str(KIND_DIR / "model-store.yaml")),
         ),
         Run(

@@ -48,6 +48,14 @@ class OperatorConfig(BaseModel):
     )
     artifact_pvc_size: str = Field(default="50Gi", description="Size requested when Flotilla creates that claim.")
     artifact_storage_class: str | None = Field(default=None, description="StorageClass of the claim it creates.")
+    artifact_pvc_access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = Field(
+        # ReadWriteMany lets the optimization Job and every serving replica mount the claim from
+        # any node; the default StorageClasses of EKS, GKE and most on-prem clusters only offer
+        # ReadWriteOnce, which serves from one node (docs/conditions.md, ArtifactClaimSingleNode).
+        default="ReadWriteMany",
+        description="Access mode of the claim it creates: ReadWriteMany (pods on any node), ReadWriteOnce "
+        "(every pod that mounts it must run on one node) or ReadWriteOncePod (one pod at a time).",
+    )
     create_artifact_pvc: bool = Field(default=True, description="Create the claim in a namespace when it is missing.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means all.")
     workers: int = Field(

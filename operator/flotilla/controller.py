@@ -23,8 +23,10 @@ from flotilla.metrics.sampler import Sampler
 from flotilla.metrics.sources import GatewaySource, MetricsSource, PrometheusSource, ScrapeSource
 from flotilla.reconcile import Context, Observed, Plan, plan
 from flotilla.reconcile.artifact import Building, artifact_state
+from flotilla.reconcile.observed import EventView
 from flotilla.reconcile.plan import needs_metrics
 from flotilla.reconcile.scaling import at_zero
+from flotilla.reconcile.store import single_node_mode
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -160,6 +162,12 @@ class Controller:
         else:
             self._queued.discard(key)
 
+    def kick_namespace(self, namespace: str) -> None:
+        """The artifact claim of a namespace changed (bound, lost): every model there may care."""
+        for key in list(self._wakeups):
+            if key[0] == namespace:
+                self.kick(*key)
+
     def kick(self, namespace: str, name: str) -> None:
         """A child changed: wake the model's loop (coalesced if it is already awake)."""
         if (event := self._wakeups.get((namespace, name))) is not None:
@@ -249,6 +257,25 @@ class Controller:
             return None, f"metrics source failed: {err}", demand
         return sampler.observe(readings, time.monotonic()), None, demand
 
+    async def _store_warnings(self, namespace: str, observed: Observed) -> tuple[EventView, ...]:
+        """Warning Events about the artifact claim and the model's pods, only while they may
+        explain a wait (the claim unbound, or a pod Pending on a single-node claim): only an
+        Event carries the provisioner's or attach controller's words. Steady state: no request."""
+        claim = observed.artifact_claim
+        if claim is None:
+            return ()
+        pending = {p.name for p in observed.pods if p.phase == "Pending" and not p.terminating}
+        single = single_node_mode(claim, self.config.artifact_pvc_access_mode) is not None
+        if claim.phase == "Bound" and not (single and pending):
+            return ()
+        about = {("PersistentVolumeClaim", claim.name), *(("Pod", name) for name in pending)}
+        try:
+            events = [EventView.from_object(e) for e in await self.kube.warning_events(namespace)]
+        except Exception as err:  # an explanation, not a decision: plan without it
+            log.warning("events in %s: %s", namespace, err)
+            return ()
+        return tuple(e for e in events if (e.kind, e.name) in about)
+
     async def reconcile(self, body: Mapping[str, Any], observed: Observed) -> Plan | None:
         model = self._model(body)
         if model.metadata.deletion_timestamp:
@@ -267,6 +294,7 @@ class Controller:
                     metrics_error=metrics_error,
                     gateway_demand=demand,
                     http_route_api=await self._http_route_served(),
+                    warnings=await self._store_warnings(model.metadata.namespace, observed),
                 )
                 result, version = await self._plan_and_execute(model, observed, body)
             except Exception:

@@ -32,6 +32,7 @@ from flotilla.api.v1alpha1 import (
 )
 from flotilla.controller import Controller
 from flotilla.reconcile import DeploymentView, JobView, ObjectView, Observed, PodView
+from flotilla.reconcile.observed import ClaimView
 
 CHILD: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL: kopf.PRESENT}
 CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODEL}"  # CHILD, for the API server
@@ -121,8 +122,14 @@ async def objects(body: kopf.Body, **_: Any) -> dict[Key, ObjectView]:
 
 
 @kopf.index(*CLAIMS)
-async def claims(body: kopf.Body, **_: Any) -> dict[Key, bool]:
-    return {(body.metadata.namespace or "", body.metadata.name or ""): True}
+async def claims(body: kopf.Body, **_: Any) -> dict[Key, ClaimView]:
+    return {(body.metadata.namespace or "", body.metadata.name or ""): ClaimView.from_object(body)}
+
+
+# A claim that binds (or is lost) changes what every model of its namespace waits for.
+@kopf.on.event(*CLAIMS)
+async def claim_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.kick_namespace(body.metadata.namespace or "")
 
 
 def _key(body: kopf.Body) -> Key:
@@ -135,12 +142,14 @@ def _observed(memo: kopf.Memo, key: Key, indexes: dict[str, Any]) -> Observed:
         values: Iterable[Any] = indexes[index].get(key, ())
         return tuple(values)
 
+    claim = next(iter(indexes["claims"].get((key[0], memo.config.artifact_pvc), ())), None)
     return Observed(
         jobs=get("jobs"),
         pods=get("pods"),
         deployments=get("deployments"),
         others=get("objects"),
-        artifact_pvc_exists=(key[0], memo.config.artifact_pvc) in indexes["claims"],
+        artifact_pvc_exists=claim is not None,
+        artifact_claim=claim,
         fleet_jobs=lambda: ((owner[0], job) for owner, views in indexes["jobs"].items() for job in views),
     )
 

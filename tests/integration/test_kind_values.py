@@ -69,7 +69,9 @@ def test_kind_values_render_and_the_api_server_accepts_them(crd: Cluster, tmp_pa
     config_file = tmp_path / "config.yaml"
     config_file.write_text(config_map["data"]["config.yaml"])
     config = load_config({"FLOTILLA_CONFIG": str(config_file)})
-    assert config.namespaces == [plan.NAMESPACE] and not config.create_artifact_pvc
+    assert config.namespaces == [plan.NAMESPACE] and config.create_artifact_pvc
+    # local-path (`standard`) offers ReadWriteOnce only: the operator's claim asks for that.
+    assert (config.artifact_storage_class, config.artifact_pvc_access_mode) == ("standard", "ReadWriteOnce")
     assert config.optimizer_image.endswith("flotilla-optimizer:0.1.0")
     assert config.triton_image.endswith("flotilla-triton:0.1.0")
     assert config.job_node_selector == config.serving_node_selector == {"flotilla.dev/kind-demo": "true"}
@@ -101,7 +103,6 @@ def test_kind_values_render_and_the_api_server_accepts_them(crd: Cluster, tmp_pa
         f"deployment.apps/{plan.RELEASE}-flotilla",
         f"service/{plan.RELEASE}-flotilla-gateway",
         "persistentvolumeclaim/flotilla-models",
-        "persistentvolumeclaim/flotilla-artifacts",
         f"pod/{plan.LOADER_POD}",
         f"smallmodel.flotilla.dev/{plan.MODEL}",
     } <= applied, out

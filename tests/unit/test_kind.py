@@ -246,12 +246,14 @@ def test_values_and_store_agree_with_the_plan() -> None:
 
     store = {d["kind"] + "/" + d["metadata"]["name"]: d for d in docs(KIND_DIR / "model-store.yaml")}
     assert "Namespace/flotilla-demo" in store
-    artifacts = store[f"PersistentVolumeClaim/{values['config']['artifactPvc']}"]
     models = store["PersistentVolumeClaim/flotilla-models"]
-    assert values["config"]["createArtifactPvc"] is False  # the operator would ask for ReadWriteMany
-    for claim in (artifacts, models):
-        assert claim["metadata"]["namespace"] == plan.NAMESPACE
-        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["storageClassName"] == "standard"
+    assert models["metadata"]["namespace"] == plan.NAMESPACE
+    assert models["spec"]["accessModes"] == ["ReadWriteOnce"] and models["spec"]["storageClassName"] == "standard"
+    # The operator creates the artifact claim the same way (local-path offers ReadWriteOnce only).
+    assert f"PersistentVolumeClaim/{values['config']['artifactPvc']}" not in store
+    assert values["config"]["createArtifactPvc"] is True
+    assert values["config"]["artifactPvcAccessMode"] == "ReadWriteOnce"
+    assert values["config"]["artifactStorageClass"] == "standard"
     loader = store[f"Pod/{plan.LOADER_POD}"]["spec"]
     assert loader["nodeSelector"] == label
     assert loader["containers"][0]["image"] == s.image("optimizer")

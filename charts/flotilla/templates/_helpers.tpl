@@ -61,9 +61,11 @@ A ClusterRole's rules in cluster mode, a Role's in each watched namespace otherw
   - apiGroups: [gateway.networking.k8s.io]
     resources: [httproutes]
     verbs: [get, list, watch, create, patch, delete]
+  # list: the Warning Events of a claim that does not bind or a volume that does not attach
+  # give the provisioner's words to the model's condition (reconcile/store.py).
   - apiGroups: ["", events.k8s.io]
     resources: [events]
-    verbs: [create, patch]
+    verbs: [list, create, patch]
 {{- end }}
 
 {{- /* Cluster-scoped reads kopf makes in either mode: the namespaces (to follow the watched

@@ -153,6 +153,14 @@ class Kube:
                 out.append((meta.name, status.podIP))
         return sorted(out)
 
+    async def warning_events(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's Warning Events (core/v1), as plain objects."""
+        self._count("list", "Event")
+        out: list[dict[str, Any]] = []
+        async for event in self.client.list(Event, namespace=namespace, fields={"type": "Warning"}):
+            out.append(event.to_dict())
+        return out
+
     async def apply_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> str | None:
         """Server-side apply of the whole status: fields we stop setting are removed. Returns
         the resourceVersion the write produced."""

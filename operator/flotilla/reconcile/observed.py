@@ -250,6 +250,57 @@ class ObjectView:
         )
 
 
+# The scheduler writes the node it chose on a WaitForFirstConsumer claim (the provisioner then
+# creates the volume there).
+SELECTED_NODE = "volume.kubernetes.io/selected-node"
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """The artifact claim as its own status tells it."""
+
+    name: str
+    phase: str  # Pending, Bound, Lost
+    storage_class: str | None  # spec.storageClassName; None: the cluster's default class
+    access_modes: tuple[str, ...]
+    selected_node: str | None = None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> ClaimView:
+        spec = obj.get("spec") or {}
+        return cls(
+            name=_meta(obj).get("name", ""),
+            phase=(obj.get("status") or {}).get("phase") or "Pending",
+            storage_class=spec.get("storageClassName"),
+            access_modes=tuple(spec.get("accessModes") or ()),
+            selected_node=_annotations(obj).get(SELECTED_NODE),
+        )
+
+
+@dataclass(frozen=True)
+class EventView:
+    """A Warning Event about the artifact claim or one of the model's pods (only the message
+    says why a claim does not provision or a volume does not attach)."""
+
+    kind: str  # of the involved object: PersistentVolumeClaim, Pod
+    name: str
+    reason: str  # ProvisioningFailed, FailedAttachVolume, FailedScheduling, ...
+    message: str
+    last_seen: str = ""  # RFC 3339, to pick the latest
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> EventView:
+        involved = obj.get("involvedObject") or obj.get("regarding") or {}
+        seen = obj.get("lastTimestamp") or obj.get("eventTime") or (obj.get("series") or {}).get("lastObservedTime")
+        return cls(
+            kind=str(involved.get("kind", "")),
+            name=str(involved.get("name", "")),
+            reason=str(obj.get("reason", "")),
+            message=str(obj.get("message") or obj.get("note") or ""),
+            last_seen=str(seen or _meta(obj).get("creationTimestamp") or ""),
+        )
+
+
 @dataclass(frozen=True)
 class Observed:
     jobs: tuple[JobView, ...] = ()
@@ -257,6 +308,10 @@ class Observed:
     deployments: tuple[DeploymentView, ...] = ()
     others: tuple[ObjectView, ...] = ()
     artifact_pvc_exists: bool = True
+    artifact_claim: ClaimView | None = None  # None: not watched (tests) or missing
+    # Warning Events about the artifact claim and this model's pods, read by the controller only
+    # while the claim is not Bound or a pod of the model is Pending (controller.py).
+    warnings: tuple[EventView, ...] = ()
     metrics: Window | None = None  # one look at the serving pods' metrics, or None between looks
     http_route_api: bool = False  # the cluster serves gateway.networking.k8s.io HTTPRoutes
     metrics_error: str | None = None  # the metrics source as a whole failed (e.g. Prometheus down)

@@ -32,7 +32,7 @@ from flotilla.resources import optimizer, serving
 from flotilla.resources.meta import Obj, config_map_name, deployment_name, stamped
 from flotilla.rollout import machine as rollout
 
-from . import scaling
+from . import scaling, store
 from .artifact import ArtifactState, Building, Failed, Ready, artifact_state, artifact_status, describe
 from .conditions import Want, merge, transitioned
 from .observed import ANNOTATION_RESULT, DeploymentView, Observed
@@ -149,6 +149,14 @@ def queue_slot(state: ArtifactState, observed: Observed, ctx: Context) -> Artifa
     running = observed.optimizations_running
     why = f"{running} optimization Jobs run, at most {cap} at once (operator setting max_concurrent_optimizations)"
     return replace(state, queued=why)
+
+
+def _store_check(state: ArtifactState, observed: Observed, ctx: Context) -> ArtifactState:
+    """A Job that waits for the artifact store says so, rather than its pod's symptom."""
+    if not isinstance(state, Building) or not state.exists:
+        return state
+    problem = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, observed.pods_of_job(state.job))
+    return replace(state, problem=problem) if problem is not None else state
 
 
 def _prune_jobs(model: SmallModel, key: str, observed: Observed, draft: _Draft) -> None:
@@ -341,6 +349,12 @@ def _plan_serving(
     return result
 
 
+def _what(reason: str) -> str:
+    if reason in (store.CLAIM_PENDING, store.SINGLE_NODE):
+        return "cannot use the artifact store"
+    return "cannot be scheduled" if reason == "Unschedulable" else "does not run"
+
+
 def _optimized(state: ArtifactState) -> Want:
     if isinstance(state, Ready):
         return Want(COND_OPTIMIZED, "True", "ArtifactReady", describe(state.summary))
@@ -349,18 +363,33 @@ def _optimized(state: ArtifactState) -> Want:
     if state.queued is not None:
         return Want(COND_OPTIMIZED, "False", "Queued", f"Job {state.job} waits: {state.queued}")
     if state.problem is not None:
-        what = "cannot be scheduled" if state.problem.reason == "Unschedulable" else "does not run"
+        what = _what(state.problem.reason)
         return Want(COND_OPTIMIZED, "False", state.problem.reason, f"Job {state.job} {what}: {state.problem.message}")
     return Want(COND_OPTIMIZED, "False", "Optimizing", f"Job {state.job} is optimizing the model")
 
 
-def _ready(model: SmallModel, revision: str, state: ArtifactState, result: _Serving, observed: Observed) -> Want:
+def _single_node_note(replicas: int, observed: Observed, ctx: Context) -> str:
+    """Replicas > 1 on a ReadWriteOnce claim are allowed, but they only run on one node: say so."""
+    mode = store.single_node_mode(observed.artifact_claim, ctx.config.artifact_pvc_access_mode)
+    if replicas <= 1 or mode is None:
+        return ""
+    claim = observed.artifact_claim.name if observed.artifact_claim else ctx.config.artifact_pvc
+    return f"; {store.single_node_advice(claim, mode)}"
+
+
+def _ready(
+    model: SmallModel, revision: str, state: ArtifactState, result: _Serving, observed: Observed, ctx: Context
+) -> Want:
     dep = observed.deployment(revision)
     replicas = desired_replicas(model)
+    pods = [p for p in observed.pods_of_revision(revision) if not p.terminating]
+    stuck = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, pods)
+    note = _single_node_note(replicas, observed, ctx)
     if result.stable == revision and dep is not None and (dep.ready_replicas > 0 or replicas == 0):
-        return Want(
-            COND_READY, "True", "Serving", f"revision {revision} serves with {dep.ready_replicas}/{replicas} ready"
-        )
+        said = f"revision {revision} serves with {dep.ready_replicas}/{replicas} ready"
+        if stuck is not None and dep.ready_replicas < replicas:  # serving, but short of replicas: why
+            return Want(COND_READY, "True", stuck.reason, f"{said}; {stuck.message}")
+        return Want(COND_READY, "True", "Serving", said + note)
     keeps = f"; revision {result.stable} keeps serving" if result.stable and result.stable != revision else ""
     if isinstance(state, Failed):
         return Want(COND_READY, "False", state.summary.reason or "OptimizerError", state.summary.message[:1000] + keeps)
@@ -370,9 +399,9 @@ def _ready(model: SmallModel, revision: str, state: ArtifactState, result: _Serv
     last = result.revisions.last_rollback
     if result.canary is None and last is not None and last.revision == revision and result.stable != revision:
         return Want(COND_READY, "False", "RolledBack", f"revision {revision} was rolled back: {last.reason}{keeps}")
-    problem = next((p.problem for p in observed.pods_of_revision(revision) if p.problem and not p.terminating), None)
+    problem = stuck or next((p.problem for p in pods if p.problem), None)
     if problem is not None:
-        what = "cannot be scheduled" if problem.reason == "Unschedulable" else "does not run"
+        what = _what(problem.reason)
         return Want(COND_READY, "False", problem.reason, f"revision {revision} {what}: {problem.message}{keeps}")
     if result.canary == revision and result.rollout is not None:
         weight = result.revisions.canary_weight or 0
@@ -455,7 +484,7 @@ def _transition_events(before: SmallModelStatus, after: SmallModelStatus, draft:
         draft.event("Normal", "Optimized", optimized.message)
     elif optimized is not None and optimized.reason not in QUIET_REASONS:
         draft.event("Warning", optimized.reason, optimized.message[:1024])
-    if ready is not None and ready.status == "True":
+    if ready is not None and ready.status == "True" and ready.reason == "Serving":
         draft.event("Normal", "Ready", ready.message)
     elif (
         ready is not None
@@ -471,10 +500,10 @@ def plan(model: SmallModel, observed: Observed, ctx: Context) -> Plan:
     revision = serving_revision(key, spec.serving)
     draft = _Draft()
     model, latency = scaling.decide(model, observed, ctx.now, ctx.config.metrics_interval_seconds)
-    state = queue_slot(artifact_state(model, key, observed), observed, ctx)
+    state = _store_check(queue_slot(artifact_state(model, key, observed), observed, ctx), observed, ctx)
     _plan_artifact(model, key, state, observed, ctx, draft)
     result = _plan_serving(model, key, revision, state, observed, ctx, draft)
-    ready = _ready(model, revision, state, result, observed)
+    ready = _ready(model, revision, state, result, observed, ctx)
     wants = [_optimized(state), ready, _canary(result), *_kstatus(ready, state, result)]
     wants += [latency] if latency is not None else []
     status = _status(model, key, state, result, observed, wants, ctx)

@@ -165,7 +165,7 @@ def build_artifact_pvc(namespace: str, config: OperatorConfig) -> Obj:
     """The shared artifact store of a namespace. Not owned by any SmallModel: artifacts are
     content-addressed and reused across models and revisions."""
     spec: Obj = {
-        "accessModes": ["ReadWriteMany"],
+        "accessModes": [config.artifact_pvc_access_mode],
         "resources": {"requests": {"storage": config.artifact_pvc_size}},
     }
     if config.artifact_storage_class:
