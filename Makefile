@@ -76,9 +76,20 @@ test-unit: $(STAMP)
 	@$(LOCAL) build kstatus actionlint
 	@$(PY) -m pytest tests/unit -m "not cluster and not slow"
 
+# OCI image archives of the CPU images without a Docker engine (docs/images.md):
+# dist/images/<name>.tar and digests.txt; layers cached under ~/.cache/flotilla/images.
+.PHONY: images image-tools
+VERSION ?=
+REVISION ?=
+image-tools:
+	@images/tools.sh
+
+images: $(STAMP) image-tools
+	@$(PY) -m localcluster.images $(if $(VERSION),--version $(VERSION)) $(if $(REVISION),--revision $(REVISION))
+
 # The README's test command. Everything: static checks, CRDs fresh, unit, integration
 # against the real control plane (built and started on demand), slow model tests, e2e.
-test: $(STAMP)
+test: $(STAMP) image-tools
 	@$(PY) -m flotilla crds --check
 	@$(MAKE) --no-print-directory lint typecheck
 	@$(LOCAL) build
