@@ -10,6 +10,7 @@ The archives themselves: OCI layout, ref name, labels, non-root user, no torch w
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 import time
 import urllib.error
@@ -155,7 +156,9 @@ def optimized(built: dict[str, images.Built], bundle_root: Path, tmp_path_factor
                           [(source.parent, "/src", False), (out, "/artifacts", True)]).start()  # fmt: skip
     code = container.wait(timeout=600)
     container.stop()
-    assert code == 0, container.log()[-6000:]
+    log = container.log()
+    shutil.rmtree(bundle, ignore_errors=True)  # 7 GB unpacked: not kept for the session
+    assert code == 0, log[-6000:]
     summary = ArtifactSummary.from_termination_message((out / "termination").read_text())
     assert summary.ok, summary.message
     return out / "key"
