@@ -33,6 +33,7 @@ from .conftest import Container, bundle_of
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "smallmodels.flotilla.dev.yaml"
 NO_NODE = {"flotilla.dev/test-node": "none"}
+pytestmark = pytest.mark.images
 
 
 def archive_documents(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -144,6 +145,8 @@ def optimized(built: dict[str, images.Built], bundle_root: Path, tmp_path_factor
     """The optimizer image's artifact of the tiny Llama, run as the Job runs it."""
     work = tmp_path_factory.mktemp("optimizer")
     source = tiny_llama(work / "source" / "tiny")
+    for path in [source.parent, *source.parent.rglob("*")]:  # readable by the image's user 1000
+        path.chmod(0o755 if path.is_dir() else 0o644)
     out = work / "out"
     out.mkdir()
     out.chmod(0o777)
