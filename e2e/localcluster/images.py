@@ -154,9 +154,20 @@ def package_files(root: Path = PACKAGE) -> list[Path]:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    key: str  # the cache directory's name: <layer>-<hash>
+    key: str  # <layer>-<hash of the inputs>
     what: str  # history's created_by
     sources: tuple[Path, ...]  # the epoch is the last commit time of these
+
+    @property
+    def layer(self) -> str:
+        return self.key.rsplit("-", 1)[0]
+
+
+def cache_key(plan: LayerPlan, epoch: int) -> str:
+    """The cache directory's name: <layer>-<hash of the inputs and the mtime clamp>. The clamp is
+    part of the layer's bytes, so an entry built before its inputs were committed (another
+    clamp) is not taken for the one a fresh build from the commit gives."""
+    return f"{plan.layer}-{inputs_hash({'inputs': plan.key.encode(), 'epoch': str(epoch).encode()})}"
 
 
 def base_plan(packages: Sequence[str]) -> LayerPlan:
@@ -326,20 +337,25 @@ def pack_layer(root: Path, blob: Path, epoch: int, what: str) -> Layer:
 
 def cached_layer(plan: LayerPlan, epoch: int, build: Callable[[Path], None]) -> tuple[Layer, Path]:
     """The layer of `plan` from the cache, or built into a staging root by `build` and packed."""
-    entry = cache_root() / "images" / plan.key
+    key = cache_key(plan, epoch)
+    entry = cache_root() / "images" / key
     meta, blob = entry / "layer.json", entry / "layer.tar.gz"
     if meta.is_file() and blob.is_file():
         layer = Layer.from_json(json.loads(meta.read_text()))
-        progress(f"{plan.key}: cached ({layer.size / 1e6:.0f} MB)")
+        progress(f"{key}: cached ({layer.size / 1e6:.0f} MB)")
         return layer, blob
+    for stale in entry.parent.glob(f"{plan.layer}-*"):  # older builds of this layer: the cache stays bounded
+        if stale.is_dir() and stale.name.count("-") == key.count("-"):
+            progress(f"{stale.name}: removing (stale)")
+            shutil.rmtree(stale, ignore_errors=True)
     entry.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f".{plan.key}-", dir=entry.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{key}-", dir=entry.parent) as tmp:
         staging = Path(tmp) / "root"
         staging.mkdir()
-        progress(f"{plan.key}: building ({plan.what})")
+        progress(f"{key}: building ({plan.what})")
         build(staging)
-        progress(f"{plan.key}: packing")
+        progress(f"{key}: packing")
         out = Path(tmp) / "out"
         out.mkdir()
         layer = pack_layer(staging, out / "layer.tar.gz", epoch, plan.what)
@@ -347,7 +363,7 @@ def cached_layer(plan: LayerPlan, epoch: int, build: Callable[[Path], None]) -> 
         shutil.rmtree(entry, ignore_errors=True)
         out.rename(entry)
     progress(
-        f"{plan.key}: built in {time.monotonic() - started:.0f}s "
+        f"{key}: built in {time.monotonic() - started:.0f}s "
         f"({layer.uncompressed / 1e6:.0f} MB, {layer.size / 1e6:.0f} MB gzip)"
     )
     return layer, entry / "layer.tar.gz"

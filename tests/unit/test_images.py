@@ -95,3 +95,11 @@ def test_a_layer_packed_twice_is_the_same_blob(tmp_path: Path) -> None:
 def test_read_list_strips_comments(tmp_path: Path, line: str) -> None:
     (tmp_path / "r.txt").write_text(f"# header\n\n{line}\n")
     assert images.read_list(tmp_path / "r.txt") == ("kopf",)
+
+
+def test_the_cache_key_follows_the_inputs_and_the_mtime_clamp() -> None:
+    plan = images.deps_plan("optimizer", ["torch"], b"lock")
+    assert images.cache_key(plan, 100).startswith("optimizer-deps-")
+    assert images.cache_key(plan, 100) == images.cache_key(plan, 100)
+    assert images.cache_key(plan, 100) != images.cache_key(plan, 101)
+    assert plan.layer == "optimizer-deps"
