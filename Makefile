@@ -77,14 +77,26 @@ test-unit: $(STAMP)
 	@$(LOCAL) build kstatus actionlint kind kindconfig
 	@$(PY) -m pytest tests/unit -m "not cluster and not slow"
 
+# OCI image archives of the CPU images without a Docker engine (docs/images.md):
+# dist/images/<name>.tar and digests.txt; layers cached under ~/.cache/flotilla/images.
+.PHONY: images image-tools
+VERSION ?=
+REVISION ?=
+image-tools:
+	@images/tools.sh
+
+images: $(STAMP) image-tools
+	@$(PY) -m localcluster.images $(if $(VERSION),--version $(VERSION)) $(if $(REVISION),--revision $(REVISION))
+
 # The README's test command. Everything: static checks, CRDs fresh, unit, integration
 # against the real control plane (built and started on demand), slow model tests, e2e.
 # The Go builds (~10 min cold) need only Go and a python3 with PyYAML (build.py and the CRD
 # fetchers; the machine's python3 has it, else a small venv gets it), so they run beside the
 # venv install, the static checks and the unit tier instead of before them;
-# the unit tests that call a Go tool (marked `gotools`) wait for the builds.
+# the unit tests that call a Go tool (marked `gotools`) wait for the builds. `make images` (the
+# CPU images, ~10 min cold, mostly the optimizer's 7.5 GB) runs beside them too, after the venv.
 test:
-	@$(MAKE) --no-print-directory -j2 --output-sync=line test-binaries test-static
+	@$(MAKE) --no-print-directory -j3 --output-sync=line test-binaries test-static images
 	@$(PY) -m pytest tests/unit -m gotools
 	@$(PY) -m pytest tests e2e/tests --ignore=tests/unit
 	@$(LOCAL) down
