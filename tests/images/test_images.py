@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tarfile
 import time
 import urllib.error
@@ -68,6 +69,24 @@ def test_archive_is_an_oci_layout_with_ref_labels_and_a_non_root_user(
     assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"])
     digests = (image.archive.parent / "digests.txt").read_text()
     assert f"{name} {ref} {image.digest} " in digests
+
+
+@pytest.mark.parametrize("name", ["operator", "gateway", "triton"])  # the optimizer's 4.4 GB: by hand
+def test_skopeo_reads_and_copies_the_archive(name: str, built: dict[str, images.Built], tmp_path: Path) -> None:
+    """The release pushes with `skopeo copy oci-archive:...`: skopeo (Debian's) must accept the
+    archive, see the tag's labels and user, and copy it with every digest checked."""
+    skopeo = shutil.which("skopeo")
+    assert skopeo, "skopeo not found: run `make image-tools` (apt-get install, as root)"
+    archive = f"oci-archive:{built[name].archive}"
+    inspected = subprocess.run([skopeo, "inspect", "--config", archive], capture_output=True, text=True, check=False)
+    assert inspected.returncode == 0, inspected.stderr
+    config = json.loads(inspected.stdout)["config"]
+    assert config["User"] == "1000:1000" and config["Labels"]["org.opencontainers.image.version"]
+    copied = subprocess.run(
+        [skopeo, "copy", "--quiet", archive, f"dir:{tmp_path / 'copy'}"], capture_output=True, text=True, check=False
+    )
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "copy" / "manifest.json").is_file()
 
 
 def test_only_the_optimizer_carries_torch_and_cuda(built: dict[str, images.Built]) -> None:
