@@ -95,8 +95,10 @@ images: $(STAMP) image-tools
 # venv install, the static checks and the unit tier instead of before them;
 # the unit tests that call a Go tool (marked `gotools`) wait for the builds. `make images` (the
 # CPU images, ~10 min cold, mostly the optimizer's 7.5 GB) runs beside them too, after the venv.
+# No --output-sync: it would hold each job's output until the job ends; every line is tagged
+# ([cluster-binaries], [images], ruff/mypy/pytest) so interleaved progress stays readable.
 test:
-	@$(MAKE) --no-print-directory -j3 --output-sync=line test-binaries test-static images
+	@$(MAKE) --no-print-directory -j3 test-binaries test-static images
 	@$(PY) -m pytest tests/unit -m gotools
 	@$(PY) -m pytest tests e2e/tests --ignore=tests/unit
 	@$(LOCAL) down
