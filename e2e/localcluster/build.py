@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .versions import (
     TOOLS_DIR,
@@ -450,6 +451,25 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def module_download(module: str, version: str, work: Path) -> dict[str, Any]:
+    """`go mod download -json module@version` (module cache, checksum-verified); its JSON, Error
+    included. For modules whose files, not binaries, a group caches (CRD YAML)."""
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        cwd=work,
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    (work / "build.log").write_text(proc.stdout + proc.stderr)
+    try:
+        info: dict[str, Any] = json.loads(proc.stdout[proc.stdout.index("{") :])
+    except ValueError:
+        raise BuildError(classify_failure("go mod download", proc.stdout + proc.stderr)) from None
+    return info
 
 
 if __name__ == "__main__":  # `python3 -m localcluster.build`: the Makefile runs it before the venv exists

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import zipfile
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .build import RETRY_HINT, BuildError, classify_failure, go_env
+from .build import RETRY_HINT, BuildError, classify_failure, module_download
 from .kubeapi import ApiError, KubeAPI
 from .versions import load_versions, manifests_dir
 
@@ -90,27 +89,9 @@ def read_module_files(info: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def download(version: str, work: Path) -> dict[str, Any]:
-    """`go mod download -json` (module cache, checksum-verified); its JSON, Error included."""
-    proc = subprocess.run(
-        ["go", "mod", "download", "-json", f"{MODULE}@{version}"],
-        cwd=work,
-        env=go_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    (work / "build.log").write_text(proc.stdout + proc.stderr)
-    try:
-        info: dict[str, Any] = json.loads(proc.stdout[proc.stdout.index("{") :])
-    except ValueError:
-        raise BuildError(classify_failure("go mod download", proc.stdout + proc.stderr)) from None
-    return info
-
-
 def fetch(version: str, work: Path, out: Path) -> None:
     """Build step of the `gateway-api` group: cache the standard CRDs of `version` in `out`."""
-    info = download(version, work)
+    info = module_download(MODULE, version, work)
     files = read_module_files(info)
     if not files:
         cause = info.get("Error") or f"no {STANDARD_DIR}/*.yaml in {MODULE}@{version}"

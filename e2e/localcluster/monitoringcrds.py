@@ -10,13 +10,11 @@ applies them when it needs them.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from .build import RETRY_HINT, BuildError, classify_failure, go_env
+from .build import RETRY_HINT, BuildError, classify_failure, module_download
 from .versions import load_versions, manifests_dir
 
 MODULE = "github.com/prometheus-operator/prometheus-operator"
@@ -39,19 +37,7 @@ def read_files(info: dict[str, Any]) -> dict[str, str]:
 
 def fetch(version: str, work: Path, out: Path) -> None:
     """Build step of the `prometheus-operator` group: cache FILES of `version` in `out`."""
-    proc = subprocess.run(
-        ["go", "mod", "download", "-json", f"{MODULE}@{version}"],
-        cwd=work,
-        env=go_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    (work / "build.log").write_text(proc.stdout + proc.stderr)
-    try:
-        info: dict[str, Any] = json.loads(proc.stdout[proc.stdout.index("{") :])
-    except ValueError:
-        raise BuildError(classify_failure("go mod download", proc.stdout + proc.stderr)) from None
+    info = module_download(MODULE, version, work)
     files = read_files(info)
     if set(files) != set(FILES):
         cause = info.get("Error") or f"{MODULE}@{version} lacks {CRD_DIR}/{{{','.join(FILES)}}}; {RETRY_HINT}"

@@ -544,12 +544,12 @@ def test_gateway_api_module_zip_gives_only_crds(tmp_path: Path) -> None:
 
 
 def gatewayapi_fetch_with(info: dict[str, object], work: Path, out: Path) -> None:
-    original = gatewayapi.download
-    gatewayapi.download = lambda _version, _work: info  # type: ignore[assignment]
+    original = gatewayapi.module_download
+    gatewayapi.module_download = lambda _module, _version, _work: info  # type: ignore[assignment]
     try:
         gatewayapi.fetch("v1.7.0", work, out)
     finally:
-        gatewayapi.download = original
+        gatewayapi.module_download = original
 
 
 def test_gateway_api_extracted_module_dir_is_preferred(tmp_path: Path) -> None:
