@@ -165,6 +165,20 @@ class OperatorConfig(BaseModel):
     )
     lease_retry_seconds: float = Field(default=2.0, ge=0.2, le=60, description="Renewal and acquisition period.")
 
+    # Artifact garbage collection (docs/operations.md, "Artifact garbage collection").
+    artifact_gc_interval_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often each namespace's artifact claim is swept for artifacts no SmallModel references "
+        "(a Job per namespace); 0 turns garbage collection off.",
+    )
+    artifact_retention_seconds: float = Field(
+        default=604800.0,
+        ge=0,
+        description="How long an unreferenced artifact (or an incomplete upload) stays before a sweep deletes "
+        "it, counted from its last write; 0: at the next sweep. Referenced artifacts are never deleted.",
+    )
+
     @model_validator(mode="after")
     def _lease_timing(self) -> OperatorConfig:
         if not self.lease_retry_seconds < self.lease_renew_deadline_seconds < self.lease_duration_seconds:

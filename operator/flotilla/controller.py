@@ -7,15 +7,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from flotilla import telemetry
-from flotilla.api.v1alpha1 import ArtifactSummary, SmallModel, SmallModelStatus, artifact_key
+from flotilla.api.v1alpha1 import (
+    COMPONENT_OPTIMIZER,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    ArtifactSummary,
+    SmallModel,
+    SmallModelStatus,
+    artifact_key,
+)
 from flotilla.config import OperatorConfig
 from flotilla.executor import Applied, execute
+from flotilla.gc.keep import UnknownModelError, keep_set
+from flotilla.gc.sweep import Summary
 from flotilla.kube import Kube
 from flotilla.metrics import PodTarget, Window
 from flotilla.metrics.gateway import Demand, DemandSampler, GatewayTarget
@@ -27,10 +38,13 @@ from flotilla.reconcile.observed import EventView
 from flotilla.reconcile.plan import needs_metrics
 from flotilla.reconcile.scaling import at_zero
 from flotilla.reconcile.store import single_node_mode
+from flotilla.resources.gc import build_gc_job, gc_job_name
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 KICK_DEBOUNCE_SECONDS = 0.5
+GC_POLL_SECONDS = 2.0  # how often a GC pass looks at its Job
+GC_WAIT_SECONDS = 900.0  # the Job's own deadline (resources/gc.py) and then some
 
 
 def render_config(model: SmallModel, summary: ArtifactSummary) -> str:
@@ -116,6 +130,13 @@ class Controller:
         self._created_jobs: dict[tuple[str, str], float] = {}
         self._queued: set[Key] = set()
         self._applied: Applied = {}  # children's markers after our writes (executor.py)
+        # Artifact GC: a pass holds its namespace's lock from its check for optimization Jobs to
+        # its Job's end, and a reconcile that would create an optimization Job takes it too, so
+        # no optimization starts (and writes, or reuses an artifact) while a sweep runs.
+        self._gc_locks: dict[str, asyncio.Lock] = {}
+        self._gc_passes: dict[str, asyncio.Task[GcOutcome | None]] = {}
+        self.gc_poll_seconds = GC_POLL_SECONDS
+        self._gc_loop: asyncio.Task[None] | None = None
         labels = ",".join(f"{k}={v}" for k, v in sorted(config.gateway_pods_labels.items()))
         self.gateway = GatewaySource(
             self._gateway_pods,
@@ -308,7 +329,20 @@ class Controller:
             self._record(key, result)
             return result
 
+    def _creates_job(self, model: SmallModel, observed: Observed) -> bool:
+        key = artifact_key(model.spec.source, model.spec.optimize)
+        state = artifact_state(model, key, observed)
+        return isinstance(state, Building) and not state.exists
+
     async def _plan_and_execute(
+        self, model: SmallModel, observed: Observed, body: Mapping[str, Any]
+    ) -> tuple[Plan, str | None]:
+        if self.config.artifact_gc_interval_seconds > 0 and self._creates_job(model, observed):
+            async with self._gc_lock(model.metadata.namespace):  # not while a sweep runs there
+                return await self._plan_and_execute_now(model, observed, body)
+        return await self._plan_and_execute_now(model, observed, body)
+
+    async def _plan_and_execute_now(
         self, model: SmallModel, observed: Observed, body: Mapping[str, Any]
     ) -> tuple[Plan, str | None]:
         if not self._needs_slot(model, observed):
@@ -349,6 +383,107 @@ class Controller:
                 if cond is not None and cond.reason == event.reason:
                     telemetry.JOBS.labels(event="failed").inc()
 
+    # --- artifact garbage collection ------------------------------------------------------
+
+    def _gc_lock(self, namespace: str) -> asyncio.Lock:
+        return self._gc_locks.setdefault(namespace, asyncio.Lock())
+
+    async def collect_garbage(self, namespace: str) -> GcOutcome | None:
+        """One GC pass of the namespace's artifact claim: a Job sweeps it with the keep set of
+        every SmallModel there (gc/keep.py); its summary becomes an `ArtifactsCollected` Event
+        on the claim and a log line. Skipped (None) while an optimization Job runs there, while
+        a SmallModel cannot be read, or without the claim; a GC Job left by an operator that
+        stopped is waited for and reported, never doubled."""
+        async with self._gc_lock(namespace):
+            started = time.monotonic()
+            name = gc_job_name(self.config)
+            if await self.kube.job(namespace, name) is None and not await self._start_gc(namespace):
+                return None
+            job = await self._wait_gc(namespace, name)
+            seconds = time.monotonic() - started
+            pods = await self.kube.job_pods(namespace, name)
+            _, failed = _job_finished(job) if job is not None else (True, "the Job did not finish in time")
+            summary, omitted = _summary(_termination_message(pods))
+            outcome = GcOutcome(namespace, summary, omitted, failed, seconds)
+            await self._report_gc(outcome)
+            await self.kube.delete("batch/v1", "Job", name, namespace)
+            return outcome
+
+    async def _start_gc(self, namespace: str) -> bool:
+        claim = await self.kube.claim(namespace, self.config.artifact_pvc)
+        if claim is None or (claim.get("status") or {}).get("phase") != "Bound":
+            log.info("artifact GC in %s: skipped, the artifact claim is not bound", namespace)
+            return False
+        optimizer = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_OPTIMIZER}
+        running = [j for j in await self.kube.jobs(namespace, optimizer) if not _job_finished(j)[0]]
+        if running:
+            names = ", ".join(sorted(j["metadata"]["name"] for j in running))
+            log.info("artifact GC in %s: skipped while optimization Jobs run (%s); next interval", namespace, names)
+            return False
+        try:
+            keep = keep_set(await self.kube.small_models(namespace))
+        except UnknownModelError as err:
+            log.warning("artifact GC in %s: skipped: %s", namespace, err)
+            return False
+        await self.kube.apply(build_gc_job(namespace, keep, self.config))
+        log.info("artifact GC in %s: Job started, keeping %d referenced artifact key(s)", namespace, len(keep))
+        return True
+
+    async def _wait_gc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        deadline = time.monotonic() + GC_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            job = await self.kube.job(namespace, name)
+            if job is None or _job_finished(job)[0]:
+                return job
+            await asyncio.sleep(self.gc_poll_seconds)
+        return None
+
+    async def _report_gc(self, outcome: GcOutcome) -> None:
+        message = outcome.message()
+        ok = outcome.summary is not None and not outcome.summary.errors and outcome.failed is None
+        (log.info if ok else log.warning)("artifact GC in %s: %s", outcome.namespace, message)
+        claim = await self.kube.claim(outcome.namespace, self.config.artifact_pvc)
+        if claim is not None:
+            reason = "ArtifactsCollected" if outcome.summary is not None else "ArtifactGCFailed"
+            await self.kube.event(claim, "Normal" if ok else "Warning", reason, message)
+
+    def gc_tick(self, namespaces: Iterable[str]) -> None:
+        """Start a pass in every namespace with an artifact claim and no pass in flight."""
+        for namespace in namespaces:
+            task = self._gc_passes.get(namespace)
+            if task is None or task.done():
+                self._gc_passes[namespace] = asyncio.create_task(self._gc_guarded(namespace))
+
+    async def _gc_guarded(self, namespace: str) -> GcOutcome | None:
+        try:
+            return await self.collect_garbage(namespace)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the next interval tries again
+            log.exception("artifact GC in %s failed", namespace)
+            return None
+
+    def start_gc(self, namespaces: Callable[[], Iterable[str]]) -> None:
+        self._gc_loop = asyncio.create_task(self.gc_loop(namespaces))
+
+    def stop_gc(self) -> None:
+        if self._gc_loop is not None:
+            self._gc_loop.cancel()
+
+    async def gc_loop(self, namespaces: Callable[[], Iterable[str]]) -> None:
+        """Every artifact_gc_interval_seconds, a pass per namespace (not at start: a restart
+        does not sweep; a pass a stopped operator left running is picked up at the first tick)."""
+        interval = self.config.artifact_gc_interval_seconds
+        if interval <= 0:
+            return
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self.gc_tick(namespaces())
+        finally:
+            for task in self._gc_passes.values():
+                task.cancel()
+
     async def resync_loop(self, body: Mapping[str, Any], observed: Callable[[], Observed], stopped: Any) -> None:
         """Per-model loop (a kopf daemon): reconcile when kicked or every resync period."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -369,3 +504,60 @@ class Controller:
             except Exception:
                 failures += 1
                 log.exception("reconcile of %s/%s failed (attempt %d)", namespace, name, failures)
+
+
+@dataclass(frozen=True)
+class GcOutcome:
+    """One artifact GC pass of a namespace, as the operator saw it."""
+
+    namespace: str
+    summary: Summary | None  # None: the Job reported nothing readable
+    omitted: int  # removed names the summary left out (4 KiB limit)
+    failed: str | None  # why the Job failed, if it did
+    seconds: float  # from the Job's creation (or the pass's start) to its end
+
+    def message(self) -> str:
+        s = self.summary
+        if s is None:
+            return f"artifact GC Job failed: {self.failed or 'no summary'}"
+        names = ", ".join(s.removed[:20]) + (
+            f" and {len(s.removed) - 20 + self.omitted} more" if len(s.removed) > 20 or self.omitted else ""
+        )
+        removed = f"removed {len(s.removed) + self.omitted} artifact(s), {s.bytes_freed / 1e6:.1f} MB freed"
+        text = f"{removed}{': ' + names if names else ''}; kept {s.in_use} in use, {s.young} within the retention"
+        if s.errors:
+            text += f"; {len(s.errors)} could not be deleted: {'; '.join(s.errors[:3])}"
+        return f"{text} ({self.seconds:.1f} s)"
+
+
+def _job_finished(job: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """(finished, why it failed) from a Job's conditions."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            return True, None
+        if cond.get("type") == "Failed":
+            return True, f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".rstrip(": ")
+    return False, None
+
+
+def _termination_message(pods: list[dict[str, Any]]) -> str | None:
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("message"):
+                return str(terminated["message"])
+    return None
+
+
+def _summary(message: str | None) -> tuple[Summary | None, int]:
+    if not message:
+        return None, 0
+    import json
+
+    try:
+        data = json.loads(message.strip().splitlines()[-1])
+        return Summary.from_wire(data) if isinstance(data, dict) else (None, 0)
+    except (ValueError, TypeError, IndexError):
+        return None, 0

@@ -86,10 +86,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     memo.controller = Controller(memo.config)
     # kopf hands startup handlers the same (still empty) index objects it fills later.
     telemetry.INDEXED.indexes = _indexes(kwargs)
+    # Artifact GC: a plain task, not a kopf daemon or timer on the claims (those would put our
+    # finalizer on every artifact claim, holding a namespace's deletion while the operator is away).
+    claims_index = kwargs["claims"]
+    memo.controller.start_gc(lambda: sorted({ns for ns, _ in claims_index}))
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.stop_gc()
     await memo.controller.kube.close()
 
 

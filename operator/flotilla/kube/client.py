@@ -21,7 +21,8 @@ from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Event, Pod
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod
 from lightkube.types import CascadeType, PatchType
 
 from flotilla import telemetry
@@ -176,15 +177,16 @@ class Kube:
         return getattr(meta, "resourceVersion", None)
 
     async def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the SmallModel, as `kubectl describe` shows them."""
+        """A core/v1 Event on the object (a SmallModel unless the body names its kind), as
+        `kubectl describe` shows them."""
         self._count("create", "Event")
         now = datetime.now(UTC)
         meta = involved["metadata"]
         event = Event(
             metadata=ObjectMeta(generateName=f"{meta['name']}.", namespace=meta["namespace"]),
             involvedObject=ObjectReference(
-                apiVersion=f"{GROUP}/{VERSION}",
-                kind=KIND,
+                apiVersion=involved.get("apiVersion") or f"{GROUP}/{VERSION}",
+                kind=involved.get("kind") or KIND,
                 name=meta["name"],
                 namespace=meta["namespace"],
                 uid=meta.get("uid"),
@@ -204,6 +206,40 @@ class Kube:
             await self.client.create(event)
         except ApiError as err:  # events are best effort: never fail a reconcile over one
             log.warning("could not post event %s/%s: %s", reason, meta["name"], err)
+
+    # --- artifact garbage collection (controller.collect_garbage) ---------------------------
+
+    async def small_models(self, namespace: str) -> list[dict[str, Any]]:
+        """Every SmallModel of the namespace, fresh from the API server (a quorum read)."""
+        self._count("list", KIND)
+        return [dict(m) async for m in self.client.list(SmallModelResource, namespace=namespace)]
+
+    async def jobs(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        self._count("list", "Job")
+        return [job.to_dict() async for job in self.client.list(Job, namespace=namespace, labels=dict(labels))]
+
+    async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._count("get", "Job")
+        try:
+            return (await self.client.get(Job, name, namespace=namespace)).to_dict()
+        except ApiError as err:
+            if err.status.code == 404:
+                return None
+            raise
+
+    async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        self._count("list", "Pod")
+        selector: dict[str, Any] = {"batch.kubernetes.io/job-name": job}
+        return [pod.to_dict() async for pod in self.client.list(Pod, namespace=namespace, labels=selector)]
+
+    async def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._count("get", "PersistentVolumeClaim")
+        try:
+            return (await self.client.get(PersistentVolumeClaim, name, namespace=namespace)).to_dict()
+        except ApiError as err:
+            if err.status.code == 404:
+                return None
+            raise
 
     async def close(self) -> None:
         if self._client is not None:

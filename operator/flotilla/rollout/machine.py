@@ -154,14 +154,25 @@ def _start(prev: RevisionsStatus, obs: Observation) -> RevisionsStatus:
 
 def _rollback(prev: RevisionsStatus, obs: Observation, why: str, reason: str = "RolledBack") -> Decision:
     revision = prev.canary or obs.target
-    rolled = _with(prev, last_rollback=RollbackStatus(revision=revision, reason=why, time=obs.now_text))
+    rolled = _with(
+        prev,
+        last_rollback=RollbackStatus(
+            revision=revision, reason=why, time=obs.now_text, artifact_key=prev.canary_artifact_key or obs.target_key
+        ),
+    )
     done = _steady(rolled, obs.total, f"revision {revision} rolled back: {why}", "RolledBack")
     note = Note("Warning", reason, f"canary {revision} rolled back to {prev.stable}: {why}")
     return replace(done, outcome="rolled_back", notes=(note,))
 
 
 def _promote(prev: RevisionsStatus, obs: Observation, how: str) -> Decision:
-    record = PromotionStatus(revision=prev.canary or obs.target, replaced=prev.stable, reason=how, time=obs.now_text)
+    record = PromotionStatus(
+        revision=prev.canary or obs.target,
+        replaced=prev.stable,
+        reason=how,
+        time=obs.now_text,
+        replaced_artifact_key=prev.stable_artifact_key,
+    )
     promoted = _with(prev, stable=prev.canary, stable_artifact_key=prev.canary_artifact_key, last_promotion=record)
     done = _steady(promoted, obs.total, f"revision {prev.canary} promoted {how}", "Promoted")
     note = Note("Normal", "Promoted", f"canary {prev.canary} replaced {prev.stable} {how}")

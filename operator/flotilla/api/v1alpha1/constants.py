@@ -38,6 +38,7 @@ MANAGED_BY = "flotilla"
 
 COMPONENT_OPTIMIZER = "optimizer"
 COMPONENT_SERVER = "server"
+COMPONENT_ARTIFACT_GC = "artifact-gc"
 
 # Condition types. Ready/Reconciling/Stalled are what kstatus (Flux, Argo CD, kubectl wait)
 # understands; the rest say which stage of the flow holds the model up.

@@ -54,6 +54,9 @@ class RollbackStatus(StatusModel):
     revision: str = Field(description="The serving revision that was rolled back.")
     reason: str = Field(description="Why the canary failed, with the measured numbers.")
     time: str = Field(description="When (RFC 3339).")
+    artifact_key: str | None = Field(
+        default=None, description="Artifact the rolled-back revision served (kept from artifact garbage collection)."
+    )
 
 
 class PromotionStatus(StatusModel):
@@ -61,6 +64,11 @@ class PromotionStatus(StatusModel):
     replaced: str | None = Field(default=None, description="The stable revision it replaced.")
     reason: str = Field(description="How it was promoted (every step passed, a promote command, ...).")
     time: str = Field(description="When (RFC 3339).")
+    replaced_artifact_key: str | None = Field(
+        default=None,
+        description="Artifact the replaced stable revision served: what rolling back to it reuses "
+        "(kept from artifact garbage collection).",
+    )
 
 
 class RevisionsStatus(StatusModel):
