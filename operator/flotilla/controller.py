@@ -442,6 +442,8 @@ class Controller:
         message = outcome.message()
         ok = outcome.summary is not None and not outcome.summary.errors and outcome.failed is None
         (log.info if ok else log.warning)("artifact GC in %s: %s", outcome.namespace, message)
+        if ok and not (outcome.summary and (outcome.summary.removed or outcome.omitted)):
+            return  # nothing removed: the log line only (an Event per namespace per interval is noise)
         claim = await self.kube.claim(outcome.namespace, self.config.artifact_pvc)
         if claim is not None:
             reason = "ArtifactsCollected" if outcome.summary is not None else "ArtifactGCFailed"

@@ -340,6 +340,14 @@ def test_a_pass_runs_the_job_with_every_models_keys_and_reports_on_the_claim() -
     assert kube.deleted == ["flotilla-artifacts-gc"]  # read, then gone: the next pass starts afresh
 
 
+def test_a_pass_that_removed_nothing_is_only_logged(caplog: pytest.LogCaptureFixture) -> None:
+    kube = GcKube([], message=Summary(in_use=2).to_termination_message())
+    with caplog.at_level("INFO", logger="flotilla.controller"):
+        asyncio.run(controller(kube).collect_garbage("ml"))
+    assert kube.events == [] and kube.deleted == ["flotilla-artifacts-gc"]
+    assert "artifact GC in ml: removed 0 artifact(s), 0.0 MB freed; kept 2 in use" in caplog.text
+
+
 def test_no_pass_while_an_optimization_runs_or_a_model_cannot_be_read() -> None:
     kube = GcKube([], optimizer_running=True)
     assert asyncio.run(controller(kube).collect_garbage("ml")) is None
