@@ -525,11 +525,15 @@ class GcOutcome:
         names = ", ".join(s.removed[:20]) + (
             f" and {len(s.removed) - 20 + self.omitted} more" if len(s.removed) > 20 or self.omitted else ""
         )
-        removed = f"removed {len(s.removed) + self.omitted} artifact(s), {s.bytes_freed / 1e6:.1f} MB freed"
+        removed = f"removed {len(s.removed) + self.omitted} artifact(s), {_size(s.bytes_freed)} freed"
         text = f"{removed}{': ' + names if names else ''}; kept {s.in_use} in use, {s.young} within the retention"
         if s.errors:
             text += f"; {len(s.errors)} could not be deleted: {'; '.join(s.errors[:3])}"
         return f"{text} ({self.seconds:.1f} s)"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def _job_finished(job: Mapping[str, Any]) -> tuple[bool, str | None]:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.cluster
 
 CLAIM = "flotilla-artifacts"
 DAY = timedelta(days=1)
+GC_REASONS = ("ArtifactsCollected", "ArtifactGCFailed")
 
 
 def seed(root: Path, name: str, age: timedelta, *, key: str | None = None, complete: bool = True) -> None:
@@ -84,10 +85,11 @@ def test_a_gc_pass_deletes_exactly_the_unreferenced_old_artifacts_and_says_so_on
         started = time.time()
 
         def collected() -> dict[str, Any] | None:
-            found = [e for e in claim_events(op.cluster, namespace) if e["reason"] == "ArtifactsCollected"]
+            found = [e for e in claim_events(op.cluster, namespace) if e["reason"] in GC_REASONS]
             return found[0] if found else None
 
         event = wait_for(collected, timeout=180, what="an ArtifactsCollected Event on the claim")
+        assert event["reason"] == "ArtifactsCollected", event
         waited = time.time() - started
         removed = sorted([old, f".{crashed}.partial-x1", copied])
         assert sorted(p.name for p in root.iterdir()) == sorted(
@@ -101,7 +103,7 @@ def test_a_gc_pass_deletes_exactly_the_unreferenced_old_artifacts_and_says_so_on
         # The Job is gone once read; the next passes find nothing more to remove (no Event).
         wait_for(lambda: get(op.cluster, "job", namespace, f"{CLAIM}-gc") is None, timeout=30, what="the GC Job gone")
         time.sleep(8)
-        assert len([e for e in claim_events(op.cluster, namespace) if e["reason"] == "ArtifactsCollected"]) == 1
+        assert len([e for e in claim_events(op.cluster, namespace) if e["reason"] in GC_REASONS]) == 1
         assert sorted(p.name for p in root.iterdir()) == sorted(
             [referenced, young, f".{uploading}.partial-x2", "lost+found"]
         )

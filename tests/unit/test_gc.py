@@ -345,7 +345,7 @@ def test_a_pass_that_removed_nothing_is_only_logged(caplog: pytest.LogCaptureFix
     with caplog.at_level("INFO", logger="flotilla.controller"):
         asyncio.run(controller(kube).collect_garbage("ml"))
     assert kube.events == [] and kube.deleted == ["flotilla-artifacts-gc"]
-    assert "artifact GC in ml: removed 0 artifact(s), 0.0 MB freed; kept 2 in use" in caplog.text
+    assert "artifact GC in ml: removed 0 artifact(s), 0.0 kB freed; kept 2 in use" in caplog.text
 
 
 def test_no_pass_while_an_optimization_runs_or_a_model_cannot_be_read() -> None:

@@ -5,12 +5,24 @@ termination message, where the operator reads it."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .store import ArtifactStore, DirectoryStore, ObjectStore
 from .sweep import sweep
+
+
+def summary_path(explicit: Path | None) -> Path | None:
+    """Where the operator reads the summary: the container's termination-message path (as the
+    optimizer finds it, optimize/cli.py)."""
+    if explicit is not None:
+        return explicit
+    if env := os.environ.get("TERMINATION_MESSAGE_PATH"):
+        return Path(env)
+    # In a pod (the kubelet sets KUBERNETES_SERVICE_HOST in every container): the kubelet's default path.
+    return Path("/dev/termination-log") if os.environ.get("KUBERNETES_SERVICE_HOST") else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("/artifacts"), help="the artifact claim's mount (pvc)")
     p.add_argument("--keep", action="append", default=[], metavar="KEY", help="an artifact key in use (repeat)")
     p.add_argument("--retention-seconds", type=float, required=True)
-    p.add_argument("--summary-file", type=Path, default=Path("/dev/termination-log"))
+    p.add_argument(
+        "--summary-file",
+        type=Path,
+        default=None,
+        help="default: $TERMINATION_MESSAGE_PATH, else /dev/termination-log in a pod, else none",
+    )
     p.add_argument("--dry-run", action="store_true", help="decide and report, delete nothing")
     args = parser.parse_args(argv)
     if args.retention_seconds < 0:
@@ -39,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     message = summary.to_termination_message()
     print(message, flush=True)
+    path = summary_path(args.summary_file)
     try:
-        args.summary_file.write_text(message)
+        if path is not None:
+            path.write_text(message)
     except OSError as err:  # outside a pod there may be no termination-log
-        print(f"could not write {args.summary_file}: {err}", file=sys.stderr)
+        print(f"could not write {path}: {err}", file=sys.stderr)
     return 1 if summary.errors else 0
 
 
