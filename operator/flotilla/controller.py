@@ -414,6 +414,10 @@ class Controller:
         if claim is None or (claim.get("status") or {}).get("phase") != "Bound":
             log.info("artifact GC in %s: skipped, the artifact claim is not bound", namespace)
             return False
+        if "ReadWriteOncePod" in ((claim.get("spec") or {}).get("accessModes") or []):
+            # One pod at a time: a GC pod would wait for the serving pod to stop (its deadline first).
+            log.info("artifact GC in %s: skipped, a ReadWriteOncePod claim admits no GC pod beside serving", namespace)
+            return False
         optimizer = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_OPTIMIZER}
         running = [j for j in await self.kube.jobs(namespace, optimizer) if not _job_finished(j)[0]]
         if running:
