@@ -387,3 +387,26 @@ def test_an_optimization_job_waits_for_a_running_sweep_of_its_namespace() -> Non
         return order
 
     assert asyncio.run(main()) == ["sweep done", "plan"]
+
+
+def test_a_gc_job_left_by_a_stopped_operator_is_waited_for_and_reported_not_doubled() -> None:
+    message = Summary(removed=[KEYS["old"]], bytes_freed=1, in_use=0).to_termination_message()
+    kube = GcKube([], optimizer_running=True, message=message)  # an optimization runs: no new pass
+    kube.created.append(build_gc_job("ml", [], OperatorConfig()))  # ...but one is there already
+    outcome = asyncio.run(controller(kube).collect_garbage("ml"))
+    assert len(kube.created) == 1 and outcome is not None and outcome.summary is not None
+    assert [e[2] for e in kube.events] == ["ArtifactsCollected"] and kube.deleted == ["flotilla-artifacts-gc"]
+
+
+def test_no_pass_on_a_claim_that_is_not_bound_or_admits_one_pod_at_a_time() -> None:
+    for claim in (
+        {"status": {"phase": "Pending"}},
+        {"spec": {"accessModes": ["ReadWriteOncePod"]}, "status": {"phase": "Bound"}},
+    ):
+        kube = GcKube([])
+
+        async def this_claim(namespace: str, name: str, claim: dict[str, Any] = claim) -> dict[str, Any]:
+            return claim
+
+        kube.claim = this_claim  # type: ignore[method-assign]
+        assert asyncio.run(controller(kube).collect_garbage("ml")) is None and kube.created == []
