@@ -293,3 +293,13 @@ def test_leftover_config_of_a_gone_revision_is_pruned() -> None:
     leftover = ObjectView("ConfigMap", "chat-0ld0ld00-config", "h", revision="0ld0ld0000")
     p = plan(m, Observed(jobs=base.jobs, deployments=base.deployments, others=(leftover,)), context())
     assert [(r.kind, r.name) for r in p.delete] == [("ConfigMap", "chat-0ld0ld00-config")]
+
+
+def test_with_the_s3_store_no_artifact_claim_is_created() -> None:
+    from dataclasses import replace
+
+    from flotilla.config import OperatorConfig
+
+    ctx = replace(context(), config=OperatorConfig(artifact_store="s3", s3_bucket="models"))
+    p = plan(model(), observed(pvc=False), ctx)
+    assert kinds(p) == ["Job"]

@@ -125,12 +125,17 @@ def desired_replicas(model: SmallModel) -> int:
     return min(max(wanted if wanted is not None else auto.min_replicas, auto.min_replicas), auto.max_replicas)
 
 
+def _on_claim(ctx: Context) -> bool:
+    """Artifacts live on the per-namespace claim (not in S3): its binding and access mode matter."""
+    return ctx.config.artifact_store == "pvc"
+
+
 def _plan_artifact(
     model: SmallModel, key: str, state: ArtifactState, observed: Observed, ctx: Context, draft: _Draft
 ) -> None:
     _prune_jobs(model, key, observed, draft)
     if isinstance(state, Building) and not state.exists and state.queued is None:
-        if not observed.artifact_pvc_exists and ctx.config.create_artifact_pvc:
+        if _on_claim(ctx) and not observed.artifact_pvc_exists and ctx.config.create_artifact_pvc:
             draft.apply.append(optimizer.build_artifact_pvc(model.metadata.namespace, ctx.config))
         draft.apply.append(stamped(optimizer.build_job(model, key, ctx.config)))
         draft.event(
@@ -153,7 +158,7 @@ def queue_slot(state: ArtifactState, observed: Observed, ctx: Context) -> Artifa
 
 def _store_check(state: ArtifactState, observed: Observed, ctx: Context) -> ArtifactState:
     """A Job that waits for the artifact store says so, rather than its pod's symptom."""
-    if not isinstance(state, Building) or not state.exists:
+    if not isinstance(state, Building) or not state.exists or not _on_claim(ctx):
         return state
     problem = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, observed.pods_of_job(state.job))
     return replace(state, problem=problem) if problem is not None else state
@@ -371,7 +376,7 @@ def _optimized(state: ArtifactState) -> Want:
 def _single_node_note(replicas: int, observed: Observed, ctx: Context) -> str:
     """Replicas > 1 on a ReadWriteOnce claim are allowed, but they only run on one node: say so."""
     mode = store.single_node_mode(observed.artifact_claim, ctx.config.artifact_pvc_access_mode)
-    if replicas <= 1 or mode is None:
+    if replicas <= 1 or mode is None or not _on_claim(ctx):
         return ""
     claim = observed.artifact_claim.name if observed.artifact_claim else ctx.config.artifact_pvc
     return f"; {store.single_node_advice(claim, mode)}"
@@ -383,7 +388,7 @@ def _ready(
     dep = observed.deployment(revision)
     replicas = desired_replicas(model)
     pods = [p for p in observed.pods_of_revision(revision) if not p.terminating]
-    stuck = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, pods)
+    stuck = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, pods) if _on_claim(ctx) else None
     note = _single_node_note(replicas, observed, ctx)
     if result.stable == revision and dep is not None and (dep.ready_replicas > 0 or replicas == 0):
         said = f"revision {revision} serves with {dep.ready_replicas}/{replicas} ready"
