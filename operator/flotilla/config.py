@@ -103,6 +103,14 @@ class OperatorConfig(BaseModel):
         pattern=DNS_LABEL,
         description="S3 store: a claim (in each SmallModel's namespace) used as that cache instead of a hostPath.",
     )
+    artifact_fetch_image: str = Field(
+        # The operator's own image: small, and it has the flotilla package (the Triton image
+        # has no flotilla layer, the optimizer's is 7 GB).
+        default="ghcr.io/flotilla-dev/flotilla-operator:0.1.0",
+        pattern=IMAGE,
+        description="S3 store: image of the serving pods' fetch-artifact init container (the chart sets the "
+        "operator's image).",
+    )
     artifact_download_size_limit: str = Field(
         default="20Gi",
         pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",

@@ -71,6 +71,7 @@ def test_s3_serving_pod_downloads_into_an_emptydir_before_triton() -> None:
     spec = pod(serving.build_deployment(model(), "rev0000000", key, "chatdir", S3))
     (init,) = spec["initContainers"]
     assert init["name"] == FETCH_CONTAINER
+    assert init["image"] == "ghcr.io/flotilla-dev/flotilla-operator:0.1.0"  # small, and has flotilla
     assert init["command"] == ["python", "-m", "flotilla.objectstore", "fetch"]
     assert init["args"] == ["--key", key, "--dest", DOWNLOAD_MOUNT]
     assert init["terminationMessagePath"] == "/dev/termination-log"

@@ -98,7 +98,7 @@ def fetch_container(key: str, config: OperatorConfig, security: Obj, resources: 
         mounts.append({"name": "artifact-cache", "mountPath": CACHE_MOUNT})
     return {
         "name": FETCH_CONTAINER,
-        "image": config.triton_image,
+        "image": config.artifact_fetch_image,
         "command": ["python", "-m", "flotilla.objectstore", "fetch"],
         "args": args,
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *s3_env(config)],
