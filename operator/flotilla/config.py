@@ -103,6 +103,13 @@ class OperatorConfig(BaseModel):
         pattern=DNS_LABEL,
         description="S3 store: a claim (in each SmallModel's namespace) used as that cache instead of a hostPath.",
     )
+    store_retry_seconds: float = Field(
+        default=300.0,
+        ge=10,
+        le=86400,
+        description="An optimization Job that failed because of the object store (unreachable, credentials "
+        "refused, no bucket) runs again this long after it failed, until it succeeds or the spec changes.",
+    )
     artifact_fetch_image: str = Field(
         # The operator's own image: small, and it has the flotilla package (the Triton image
         # has no flotilla layer, the optimizer's is 7 GB).

@@ -74,6 +74,7 @@ class JobView:
     failure_reason: str  # the Job's Failed condition reason, e.g. BackoffLimitExceeded
     failure_message: str
     result: ArtifactSummary | None  # persisted on the Job once read from its pod
+    failed_at: str | None = None  # the Failed condition's lastTransitionTime (RFC 3339)
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> JobView:
@@ -87,6 +88,7 @@ class JobView:
             failure_reason=failed.get("reason", ""),
             failure_message=failed.get("message", ""),
             result=parse_summary(_annotations(obj).get(ANNOTATION_RESULT)),
+            failed_at=failed.get("lastTransitionTime") if failed.get("status") == "True" else None,
         )
 
 

@@ -144,6 +144,16 @@ def _plan_artifact(
     if isinstance(state, Ready | Failed) and state.newly_read:
         result = state.summary.to_termination_message()
         draft.annotate.append(Annotate(Ref("batch/v1", "Job", state.job), {ANNOTATION_RESULT: result}))
+    elif isinstance(state, Failed) and _store_retry_due(state, observed, ctx):
+        draft.delete.append(Ref("batch/v1", "Job", state.job))  # the next reconcile starts a new one
+        draft.event("Normal", "OptimizationRetried", f"Job {state.job} failed with {state.summary.reason}: retrying")
+
+
+def _store_retry_due(state: Failed, observed: Observed, ctx: Context) -> bool:
+    job = observed.job(state.job)
+    failed_at = rollout.parse_time(job.failed_at) if job is not None and job.failed_at else None
+    now = rollout.parse_time(ctx.now) or 0.0
+    return store.retry_due(state.summary.reason, failed_at, now, ctx.config.store_retry_seconds)
 
 
 def queue_slot(state: ArtifactState, observed: Observed, ctx: Context) -> ArtifactState:
@@ -360,11 +370,14 @@ def _what(reason: str) -> str:
     return "cannot be scheduled" if reason == "Unschedulable" else "does not run"
 
 
-def _optimized(state: ArtifactState) -> Want:
+def _optimized(state: ArtifactState, ctx: Context) -> Want:
     if isinstance(state, Ready):
         return Want(COND_OPTIMIZED, "True", "ArtifactReady", describe(state.summary))
     if isinstance(state, Failed):
-        return Want(COND_OPTIMIZED, "False", state.summary.reason or "OptimizerError", state.summary.message)
+        message = state.summary.message
+        if state.summary.reason in store.RETRIED_STORE_FAILURES:
+            message += f"; the Job runs again {ctx.config.store_retry_seconds:.0f}s after it failed"
+        return Want(COND_OPTIMIZED, "False", state.summary.reason or "OptimizerError", message)
     if state.queued is not None:
         return Want(COND_OPTIMIZED, "False", "Queued", f"Job {state.job} waits: {state.queued}")
     if state.problem is not None:
@@ -430,8 +443,9 @@ STALLED_REASONS = {"RolledBack"}
 
 
 def _kstatus(ready: Want, state: ArtifactState, result: _Serving) -> list[Want]:
-    stalled = isinstance(state, Failed) or ready.reason in STALLED_REASONS
-    serving_old = result.stable is not None and stalled
+    retried = isinstance(state, Failed) and state.summary.reason in store.RETRIED_STORE_FAILURES
+    stalled = (isinstance(state, Failed) and not retried) or ready.reason in STALLED_REASONS
+    serving_old = result.stable is not None and (isinstance(state, Failed) or ready.reason in STALLED_REASONS)
     reason = ready.reason
     return [
         Want(COND_RECONCILING, "True" if ready.status != "True" and not stalled else "False", reason, ready.message),
@@ -509,7 +523,7 @@ def plan(model: SmallModel, observed: Observed, ctx: Context) -> Plan:
     _plan_artifact(model, key, state, observed, ctx, draft)
     result = _plan_serving(model, key, revision, state, observed, ctx, draft)
     ready = _ready(model, revision, state, result, observed, ctx)
-    wants = [_optimized(state), ready, _canary(result), *_kstatus(ready, state, result)]
+    wants = [_optimized(state, ctx), ready, _canary(result), *_kstatus(ready, state, result)]
     wants += [latency] if latency is not None else []
     status = _status(model, key, state, result, observed, wants, ctx)
     _transition_events(model.status, status, draft)
