@@ -401,7 +401,10 @@ def _ready(
     dep = observed.deployment(revision)
     replicas = desired_replicas(model)
     pods = [p for p in observed.pods_of_revision(revision) if not p.terminating]
-    stuck = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, pods) if _on_claim(ctx) else None
+    if _on_claim(ctx):
+        stuck = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, pods)
+    else:
+        stuck = store.download_problem(pods)
     note = _single_node_note(replicas, observed, ctx)
     if result.stable == revision and dep is not None and (dep.ready_replicas > 0 or replicas == 0):
         said = f"revision {revision} serves with {dep.ready_replicas}/{replicas} ready"

@@ -25,6 +25,20 @@ from .observed import ClaimView, EventView, Observed, PodProblem, PodView
 RETRIED_STORE_FAILURES = frozenset({"StoreUnreachable", "StoreCredentialsInvalid", "StoreBucketMissing"})
 
 
+# What a serving pod's fetch-artifact init container reports (flotilla.objectstore).
+DOWNLOAD_FAILURES = RETRIED_STORE_FAILURES | {"ArtifactChecksumMismatch", "ArtifactMissing"}
+
+
+def download_problem(pods: Iterable[PodView]) -> PodProblem | None:
+    """A pod that cannot download its artifact from the S3 store: named even while other
+    replicas serve, like a pod that cannot use a single-node claim."""
+    for pod in pods:
+        problem = pod.problem
+        if not pod.terminating and problem is not None and problem.reason in DOWNLOAD_FAILURES:
+            return problem
+    return None
+
+
 def retry_due(reason: str | None, failed_at: float | None, now: float, wait: float) -> bool:
     """A failed Job whose reason is the store's, `wait` seconds after it failed: run it again.
     The Job itself already retried its pod with backoff; this is the slow outer loop."""
