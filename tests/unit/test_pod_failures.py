@@ -179,9 +179,8 @@ def test_a_replica_that_cannot_download_from_s3_is_named_while_another_serves() 
     bad = with_containers(serving_pod_object(m, rev, "chat-2", None, ready=False), waiting("PodInitializing", ""))
     bad["status"]["initContainerStatuses"] = [waiting("CrashLoopBackOff", "back-off 40s", restarts=3, last=last)]
     good = serving_pod_object(m, rev, "chat-1", "10.0.0.1")
-    obs = observed(
-        job_object(m, complete=True, result=summary(key)), deployment_object(m, rev, key, replicas=2, ready=1), good, bad
-    )
+    job = job_object(m, complete=True, result=summary(key))
+    obs = observed(job, deployment_object(m, rev, key, replicas=2, ready=1), good, bad)
     status, reason, message = cond(plan(m, obs, ctx), "Ready")
     assert (status, reason) == ("True", "ArtifactChecksumMismatch")  # the stable revision keeps serving
     assert "1/2 ready" in message and "sha256 differs" in message
