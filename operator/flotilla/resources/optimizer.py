@@ -3,6 +3,8 @@ artifact claim, or with the S3 store a scratch directory uploaded to <bucket>/<p
 
 from __future__ import annotations
 
+import json
+
 from flotilla.api.v1alpha1 import (
     COMPONENT_OPTIMIZER,
     GPU_PRODUCT_LABEL,
@@ -21,6 +23,7 @@ S3_WORK_DIR = "/tmp/artifacts"
 # pvc://claim/path sources are read where the optimizer looks for them (optimize/source.py).
 SOURCE_PVC_ROOT = "/mnt/flotilla/pvc"
 CONTAINER = "optimizer"
+CALIBRATION_MOUNT = "/etc/flotilla/calibration"
 # Exit codes of the optimizer that no retry can fix (bad input, budget not met): the Job
 # fails at once instead of burning its backoff on the same answer.
 # (2 invalid arguments, 3 accuracy budget exceeded, 5 unsupported model; see optimize/cli.py)
@@ -47,6 +50,9 @@ def optimizer_args(model: SmallModel, key: str, config: OperatorConfig) -> list[
         args += ["--revision", spec.source.revision]
     if spec.serving.gpu.count > 0:
         args.append("--gpu")  # the artifact's own config.pbtxt is the GPU variant
+    if (text := calibration_file(model)) is not None and spec.optimize.calibration is not None:
+        calibration = json.dumps(spec.optimize.calibration.to_wire(), separators=(",", ":"), sort_keys=True)
+        args += ["--calibration", calibration, "--calibration-text", text]
     if store.uses_s3(config):
         # Upload manifest-last; a Job retried after a kill finds the complete artifact and stops.
         args += ["--upload-key", key]
@@ -74,6 +80,27 @@ def source_claim(model: SmallModel) -> str | None:
     return uri.removeprefix("pvc://").split("/", 1)[0] if uri.startswith("pvc://") else None
 
 
+def calibration_file(model: SmallModel) -> str | None:
+    """Where the optimizer reads spec.optimize.calibration: the ConfigMap's key, or the file on
+    the source's claim (mounted at SOURCE_PVC_ROOT/<claim>)."""
+    calibration = model.spec.optimize.calibration
+    if calibration is None:
+        return None
+    if calibration.config_map_ref is not None:
+        return f"{CALIBRATION_MOUNT}/{calibration.config_map_ref.key}"
+    return f"{SOURCE_PVC_ROOT}/{source_claim(model)}/{calibration.source_path}"
+
+
+def _calibration_volume(model: SmallModel) -> Obj | None:
+    """The ConfigMap is optional for the kubelet, so a missing one does not hold the pod in
+    ContainerCreating: the optimizer finds no file and fails at once, naming the ConfigMap."""
+    calibration = model.spec.optimize.calibration
+    if calibration is None or calibration.config_map_ref is None:
+        return None
+    ref = calibration.config_map_ref
+    return {"name": "calibration", "configMap": {"name": ref.name, "optional": True}}
+
+
 def _env(config: OperatorConfig) -> list[Obj]:
     env: list[Obj] = [
         {"name": "HF_HOME", "value": "/tmp/hf"},
@@ -91,6 +118,8 @@ def _mounts(model: SmallModel, config: OperatorConfig) -> list[Obj]:
         mounts.insert(0, {"name": "artifacts", "mountPath": ARTIFACT_MOUNT})
     if claim := source_claim(model):
         mounts.append({"name": "source", "mountPath": f"{SOURCE_PVC_ROOT}/{claim}", "readOnly": True})
+    if _calibration_volume(model) is not None:
+        mounts.append({"name": "calibration", "mountPath": CALIBRATION_MOUNT, "readOnly": True})
     return mounts
 
 
@@ -100,6 +129,8 @@ def _volumes(model: SmallModel, config: OperatorConfig) -> list[Obj]:
         volumes.insert(0, {"name": "artifacts", "persistentVolumeClaim": {"claimName": config.artifact_pvc}})
     if claim := source_claim(model):
         volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    if (calibration := _calibration_volume(model)) is not None:
+        volumes.append(calibration)
     return volumes
 
 
