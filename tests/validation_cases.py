@@ -119,6 +119,22 @@ REFUSED: list[Case] = [
         "maxKLDivergence does not apply to feature-extraction",
     ),
     Case(
+        "calibration-both",
+        s(optimize={"calibration": {"configMapRef": {"name": "calib"}, "sourcePath": "calib.txt"}}),
+        "optimize.calibration needs exactly one of configMapRef and sourcePath",
+    ),
+    Case("calibration-empty", s(optimize={"calibration": {}}), "needs exactly one of configMapRef and sourcePath"),
+    Case(
+        "calibration-path-without-pvc",
+        {"source": SOURCE, "optimize": {"calibration": {"sourcePath": "calib.txt"}}},
+        "calibration.sourcePath is a file on the source's PVC: it needs a pvc:// source.uri",
+    ),
+    Case(
+        "calibration-path-escapes",
+        {"source": {"uri": "pvc://models/m"}, "optimize": {"calibration": {"sourcePath": "m/../../etc/passwd"}}},
+        "must stay inside the claim",
+    ),
+    Case(
         "latency-regression-percent",
         canary(maxLatencyRegression=10),
         "maxLatencyRegression is a fraction from 0 to 0.5",
@@ -196,6 +212,12 @@ ACCEPTED: list[Case] = [
         None,
     ),
     Case("kl-budget", budget(maxKLDivergence=0.05), None),
+    Case("calibration-configmap", s(optimize={"calibration": {"configMapRef": {"name": "calib-7f3k"}}}), None),
+    Case(
+        "calibration-on-the-source-claim",
+        {"source": {"uri": "pvc://models/m"}, "optimize": {"calibration": {"sourcePath": "m/calib..v2.txt"}}},
+        None,
+    ),
     Case("kl-on-labels", {"source": {**SOURCE, "task": "text-classification"}, **budget(maxKLDivergence=10)}, None),
     Case("autoscaling-without-replicas", s(autoscaling=AUTO), None),
     Case("replicas-without-autoscaling", s(replicas=3), None),

@@ -57,6 +57,72 @@ class OperatorConfig(BaseModel):
         "(every pod that mounts it must run on one node) or ReadWriteOncePod (one pod at a time).",
     )
     create_artifact_pvc: bool = Field(default=True, description="Create the claim in a namespace when it is missing.")
+    # The S3 store (docs/storage.md): optimization Jobs upload each artifact (manifest last),
+    # serving pods download and verify it in an init container. The settings reach every pod
+    # as FLOTILLA_S3_* (flotilla.objectstore.S3Settings reads them there).
+    artifact_store: Literal["pvc", "s3"] = Field(
+        default="pvc",
+        description="Where artifacts live: pvc (the claim artifact_pvc in each namespace) or s3 (an "
+        "S3-compatible bucket, settings s3_*; no claim is created).",
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(:\d+)?/?$",
+        description="S3 endpoint URL (MinIO, Ceph RGW, SeaweedFS, ...); unset: AWS S3 of s3_region.",
+    )
+    s3_bucket: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", description="Bucket of the S3 store."
+    )
+    s3_prefix: str = Field(
+        default="", pattern=r"^([\w.\-]+/)*$", description="Key prefix inside the bucket, e.g. flotilla/ (ends in /)."
+    )
+    s3_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9\-]+$", description="Region of the S3 store.")
+    s3_path_style: bool = Field(
+        default=False, description="Path-style addressing (endpoint/bucket/key), which most on-prem stores need."
+    )
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        description="Secret (in each SmallModel's namespace) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for "
+        "the S3 store; unset: the pods' own identity (IRSA / web identity, instance profile).",
+    )
+    s3_ca_config_map: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        description="ConfigMap (in each SmallModel's namespace) whose key ca.crt is the PEM bundle that signs "
+        "the S3 endpoint's TLS certificate; unset: the system's trust store.",
+    )
+    artifact_cache_host_path: str | None = Field(
+        default=None,
+        pattern=r"^/[^\s]*$",
+        description="S3 store: a node directory (hostPath) that keeps verified downloads, so another replica on "
+        "the same node starts without downloading; needs a namespace whose Pod Security level allows hostPath.",
+    )
+    artifact_cache_pvc: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="S3 store: a claim (in each SmallModel's namespace) used as that cache instead of a hostPath.",
+    )
+    store_retry_seconds: float = Field(
+        default=300.0,
+        ge=10,
+        le=86400,
+        description="An optimization Job that failed because of the object store (unreachable, credentials "
+        "refused, no bucket) runs again this long after it failed, until it succeeds or the spec changes.",
+    )
+    artifact_fetch_image: str = Field(
+        # The operator's own image: small, and it has the flotilla package (the Triton image
+        # has no flotilla layer, the optimizer's is 7 GB).
+        default="ghcr.io/flotilla-dev/flotilla-operator:0.1.0",
+        pattern=IMAGE,
+        description="S3 store: image of the serving pods' fetch-artifact init container (the chart sets the "
+        "operator's image).",
+    )
+    artifact_download_size_limit: str = Field(
+        default="20Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description="S3 store: sizeLimit of the emptyDir each serving pod downloads its artifact into.",
+    )
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means all.")
     workers: int = Field(
         default=128,
@@ -186,6 +252,14 @@ class OperatorConfig(BaseModel):
                 "lease timing must satisfy lease_retry_seconds < lease_renew_deadline_seconds < "
                 "lease_duration_seconds (a holder must give up before a standby may take over)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _store(self) -> OperatorConfig:
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            raise ValueError("artifact_store s3 needs s3_bucket")
+        if self.artifact_cache_host_path and self.artifact_cache_pvc:
+            raise ValueError("set artifact_cache_host_path or artifact_cache_pvc, not both")
         return self
 
     @field_validator("namespaces")

@@ -491,3 +491,51 @@ def test_screened_out_candidates_skip_the_full_evaluation_and_the_timing(tmp_pat
         )
         pipeline._measure(again, request, ["int8-dynamic-per-tensor"], req_texts)  # type: ignore[arg-type]
         assert again.screened == [] and again.evaluated == ["int8-dynamic-per-tensor"]
+
+
+def test_calibration_text_replaces_the_calibration_slice_and_never_the_held_out_set(
+    llama_dir: Path, tmp_path: Path
+) -> None:
+    """spec.optimize.calibration: the quantizer calibrates on the user's lines; the gate still
+    scores the same held-out sentences; the key names the ConfigMap (test_resources checks it is
+    the operator's)."""
+    text = tmp_path / "calibration.txt"
+    text.write_text("# support tickets\n" + "\n".join(f"my order {i} has not arrived yet" for i in range(10)) + "\n")
+    spec = '{"configMapRef":{"key":"calibration.txt","name":"tickets-v1"}}'
+    out = tmp_path / "store" / "key"
+    args = ["--source", str(llama_dir), "--task", "text-generation", "--name", "tiny", "--out", str(out)]
+    code, summary, _ = run_cli(
+        [*args, "--recipes", "int8-static-qdq", "--max-top1-disagreement", "0.5", "--max-perplexity-increase", "0.5",
+         "--calibration", spec, "--calibration-text", str(text), *FAST],
+        tmp_path,
+    )  # fmt: skip
+    assert code == 0, summary.message
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["evaluation"]["calibrationSentences"] == 10  # the comment is not a sentence
+    assert manifest["evaluation"]["heldOutSentences"] == 12  # --eval-limit of the shipped set, as without it
+    without = cli._request(cli.build_parser().parse_args([*args, "--recipes", "int8-static-qdq"]))
+    assert summary.key != without.key()  # type: ignore[attr-defined]  # the calibration is part of the key
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "needle"),
+    [
+        (None, [], "not found (spec.optimize.calibration: does the ConfigMap exist"),
+        ("one line\ntwo lines\n", [], "has 2 non-empty lines; it needs at least 8"),
+        ("x\n" * 9, ["--calibration", "{not json"], "invalid --calibration"),
+    ],
+)
+def test_bad_calibration_text_is_refused_before_any_work(
+    content: str | None, extra: list[str], needle: str, llama_dir: Path, tmp_path: Path
+) -> None:
+    text = tmp_path / "calibration.txt"
+    if content is not None:
+        text.write_text(content)
+    out = tmp_path / "out"
+    code, summary, _ = run_cli(
+        ["--source", str(llama_dir), "--task", "text-generation", "--name", "m", "--out", str(out),
+         "--calibration-text", str(text), *extra],
+        tmp_path,
+    )  # fmt: skip
+    assert code == 2 and summary.reason == "InvalidArguments" and needle in summary.message, summary.message
+    assert not out.exists()

@@ -24,6 +24,18 @@ from .objects import (
 )
 
 
+def rollout_time(text: str) -> float:
+    from flotilla.rollout.machine import parse_time
+
+    return parse_time(text) or 0.0
+
+
+def rfc3339(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def kinds(p: Plan) -> list[str]:
     return [o["kind"] for o in p.apply]
 
@@ -293,3 +305,44 @@ def test_leftover_config_of_a_gone_revision_is_pruned() -> None:
     leftover = ObjectView("ConfigMap", "chat-0ld0ld00-config", "h", revision="0ld0ld0000")
     p = plan(m, Observed(jobs=base.jobs, deployments=base.deployments, others=(leftover,)), context())
     assert [(r.kind, r.name) for r in p.delete] == [("ConfigMap", "chat-0ld0ld00-config")]
+
+
+def test_with_the_s3_store_no_artifact_claim_is_created() -> None:
+    from dataclasses import replace
+
+    from flotilla.config import OperatorConfig
+
+    ctx = replace(context(), config=OperatorConfig(artifact_store="s3", s3_bucket="models"))
+    p = plan(model(), observed(pvc=False), ctx)
+    assert kinds(p) == ["Job"]
+
+
+def _store_failure(failed_at: str) -> tuple[Any, Observed]:
+    m = model()
+    result = summary(key_of(m), ok=False, reason="StoreUnreachable", message="upload: connect timeout to s3:9000")
+    job = job_object(m, failed=True, result=result)
+    job["status"]["conditions"][0]["lastTransitionTime"] = failed_at
+    return m, observed(job)
+
+
+def test_a_job_failed_by_the_object_store_runs_again_after_the_retry_wait() -> None:
+    ctx = context()  # now: NOW; store_retry_seconds 300 by default
+    now = rollout_time(ctx.now)
+    m, obs = _store_failure(rfc3339(now - 299))
+    early = plan(m, obs, ctx)
+    assert not early.delete and cond(early, "Optimized") == ("False", "StoreUnreachable")
+    optimized = early.status.condition("Optimized")
+    assert optimized is not None and "runs again 300s after it failed" in optimized.message
+    assert cond(early, "Stalled")[0] == "False" and cond(early, "Reconciling")[0] == "True"  # it will move
+    due = plan(*_store_failure(rfc3339(now - 301)), ctx)
+    assert [(r.kind, r.name) for r in due.delete] == [("Job", job_name("chat", key_of(m)))]
+    assert "OptimizationRetried" in [e.reason for e in due.events]
+
+
+def test_a_budget_failure_is_never_retried() -> None:
+    ctx = context()
+    m = model()
+    job = job_object(m, failed=True, result=summary(key_of(m), ok=False))
+    job["status"]["conditions"][0]["lastTransitionTime"] = rfc3339(rollout_time(ctx.now) - 86400)
+    p = plan(m, observed(job), ctx)
+    assert not p.delete and cond(p, "Stalled") == ("True", "AccuracyBudgetExceeded")

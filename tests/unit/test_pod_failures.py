@@ -142,3 +142,45 @@ def test_a_running_job_pod_is_still_just_optimizing() -> None:
     running = live_job_pod(m, {"name": "optimizer", "state": {"running": {}}})
     running["status"]["phase"] = "Running"
     assert cond(plan(m, observed(job_object(m), running), context()), "Optimized")[1] == "Optimizing"
+
+
+def test_an_init_container_that_reports_its_reason_gives_the_condition_that_reason() -> None:
+    """The S3 download (init container) ends with an ArtifactSummary termination message: its
+    reason (e.g. a checksum mismatch) names the problem better than the kubelet's CrashLoopBackOff."""
+    m = model()
+    key, rev = key_of(m), revision_of(m)
+    said = summary(key).model_copy(update={"ok": False, "reason": "OutOfDisk", "message": "no space left on /artifact"})
+    last = {"exitCode": 1, "reason": "Error", "message": said.to_termination_message()}
+    pod = serving_pod_object(m, rev, "chat-1", None, ready=False)
+    pod = with_containers(pod, waiting("PodInitializing", ""))
+    pod["status"]["initContainerStatuses"] = [waiting("CrashLoopBackOff", "back-off 20s", restarts=2, last=last)]
+    obs = observed(job_object(m, complete=True, result=summary(key)), deployment_object(m, rev, key, ready=0), pod)
+    status, reason, message = cond(plan(m, obs, context()), "Ready")
+    assert (status, reason) == ("False", "OutOfDisk")
+    assert "no space left on /artifact" in message and "back-off 20s" in message
+    plain = {"exitCode": 1, "reason": "Error", "message": "Traceback: not a summary"}
+    pod["status"]["initContainerStatuses"] = [waiting("CrashLoopBackOff", "back-off 20s", restarts=2, last=plain)]
+    obs = observed(job_object(m, complete=True, result=summary(key)), deployment_object(m, rev, key, ready=0), pod)
+    assert cond(plan(m, obs, context()), "Ready")[1] == "CrashLoopBackOff"
+
+
+def test_a_replica_that_cannot_download_from_s3_is_named_while_another_serves() -> None:
+    from dataclasses import replace
+
+    from flotilla.config import OperatorConfig
+
+    ctx = replace(context(), config=OperatorConfig(artifact_store="s3", s3_bucket="models"))
+    m = model(replicas=2)
+    key, rev = key_of(m), revision_of(m)
+    said = summary(key).model_copy(
+        update={"ok": False, "reason": "ArtifactChecksumMismatch", "message": "onnx/model.onnx: sha256 differs"}
+    )
+    last = {"exitCode": 1, "reason": "Error", "message": said.to_termination_message()}
+    bad = with_containers(serving_pod_object(m, rev, "chat-2", None, ready=False), waiting("PodInitializing", ""))
+    bad["status"]["initContainerStatuses"] = [waiting("CrashLoopBackOff", "back-off 40s", restarts=3, last=last)]
+    good = serving_pod_object(m, rev, "chat-1", "10.0.0.1")
+    job = job_object(m, complete=True, result=summary(key))
+    obs = observed(job, deployment_object(m, rev, key, replicas=2, ready=1), good, bad)
+    status, reason, message = cond(plan(m, obs, ctx), "Ready")
+    assert (status, reason) == ("True", "ArtifactChecksumMismatch")  # the stable revision keeps serving
+    assert "1/2 ready" in message and "sha256 differs" in message

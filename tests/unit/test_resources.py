@@ -127,6 +127,8 @@ def test_job_arguments_give_the_optimizer_the_operators_artifact_key() -> None:
         {"source": {"uri": "hf://org/m", "revision": "v1"}, "optimize": {"precision": "int4"}},
         {"source": {"uri": "pvc://models/m.gguf", "task": "feature-extraction"}, "serving": {"gpu": {"count": 1}}},
         {"source": {"uri": "file:///m"}, "optimize": {"accuracyBudget": {"maxTop1Disagreement": 0.1}}},
+        {"source": {"uri": "hf://org/m"}, "optimize": {"calibration": {"configMapRef": {"name": "c", "key": "t"}}}},
+        {"source": {"uri": "pvc://models/m.gguf"}, "optimize": {"calibration": {"sourcePath": "texts/c.txt"}}},
     ):
         m = model(**spec)
         key = key_of(m)
@@ -152,3 +154,22 @@ def test_pull_secrets_reach_the_job_and_serving_pods_only_when_set() -> None:
     assert "imagePullSecrets" not in optimizer.build_job(m, "k" * 20, CONFIG)["spec"]["template"]["spec"]
     plain = serving.build_deployment(m, "rev0000000", "k" * 20, "chat", CONFIG)
     assert "imagePullSecrets" not in plain["spec"]["template"]["spec"]
+
+
+def test_calibration_text_reaches_the_optimizer_from_a_configmap_or_the_source_claim() -> None:
+    m = model(optimize={"calibration": {"configMapRef": {"name": "calib-v2", "key": "support-tickets.txt"}}})
+    pod = optimizer.build_job(m, key_of(m), CONFIG)["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--calibration-text") + 1] == "/etc/flotilla/calibration/support-tickets.txt"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # optional: a missing ConfigMap lets the optimizer start and fail at once, naming the file
+    assert volumes["calibration"]["configMap"] == {"name": "calib-v2", "optional": True}
+    mounts = {mnt["name"]: mnt for mnt in pod["containers"][0]["volumeMounts"]}
+    assert mounts["calibration"]["mountPath"] == "/etc/flotilla/calibration"
+    on_claim = model(
+        source={"uri": "pvc://models/smollm2/m.gguf"}, optimize={"calibration": {"sourcePath": "texts/calib.txt"}}
+    )
+    args = container(optimizer.build_job(on_claim, key_of(on_claim), CONFIG))["args"]
+    assert args[args.index("--calibration-text") + 1] == "/mnt/flotilla/pvc/models/texts/calib.txt"
+    assert key_of(on_claim) != key_of(model(source={"uri": "pvc://models/smollm2/m.gguf"}))  # new text, new artifact
+    assert "--calibration-text" not in container(optimizer.build_job(model(), key_of(model()), CONFIG))["args"]

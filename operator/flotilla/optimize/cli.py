@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flotilla.api.v1alpha1 import AccuracyBudget, ArtifactSummary
+from flotilla.api.v1alpha1 import AccuracyBudget, ArtifactSummary, CalibrationSpec
 from flotilla.triton.config import TASKS
 
 from .errors import OptimizeError
@@ -56,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-cosine-similarity", type=float, default=defaults.min_cosine_similarity)
     p.add_argument("--max-kl-divergence", type=float, default=None, help="nats per position (default: not gated)")
     p.add_argument("--eval-text", type=Path, default=None, help="evaluation sentences, one per line")
+    p.add_argument(
+        "--calibration-text",
+        type=Path,
+        default=None,
+        help="calibration text, one sentence per line (default: the shipped set's calibration slice)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="spec.optimize.calibration as JSON (the operator passes it: it is part of the artifact key)",
+    )
     p.add_argument("--gpu", action="store_true", help="ship the GPU config variant (KIND_GPU, CUDA/TensorRT EP)")
     p.add_argument("--termination-message-path", type=Path, default=None)
     p.add_argument("--recipes", default=None, help="comma-separated recipe names to try (default: by precision)")
@@ -112,6 +123,7 @@ def _request(args: argparse.Namespace) -> object:
         )
     except ValueError as exc:
         raise OptimizeError("InvalidArguments", f"invalid accuracy budget: {exc}") from exc
+    calibration = _calibration(args)
     return Request(
         source=args.source,
         revision=args.revision,
@@ -122,6 +134,8 @@ def _request(args: argparse.Namespace) -> object:
         target=args.target,
         budget=budget,
         eval_text=args.eval_text,
+        calibration=calibration,
+        calibration_text=args.calibration_text,
         gpu=args.gpu,
         recipes=[r for r in args.recipes.split(",") if r] if args.recipes else None,
         eval_limit=args.eval_limit,
@@ -130,6 +144,17 @@ def _request(args: argparse.Namespace) -> object:
         work_dir=args.work_dir,
         export_cache=args.export_cache,
     )
+
+
+def _calibration(args: argparse.Namespace) -> CalibrationSpec | None:
+    if args.calibration is None:
+        return None
+    if args.calibration_text is None:
+        raise OptimizeError("InvalidArguments", "--calibration needs --calibration-text (the file to read)")
+    try:
+        return CalibrationSpec.model_validate_json(args.calibration)
+    except ValueError as exc:
+        raise OptimizeError("InvalidArguments", f"invalid --calibration: {exc}") from exc
 
 
 def _failure_key(args: argparse.Namespace | None) -> str:

@@ -17,6 +17,7 @@ from flotilla.api.v1alpha1 import (
     OPTIMIZER_VERSION,
     AccuracyBudget,
     ArtifactSummary,
+    CalibrationSpec,
     OptimizeSpec,
     SourceSpec,
     artifact_key,
@@ -46,6 +47,8 @@ class Request:
     revision: str | None = None
     budget: AccuracyBudget = field(default_factory=AccuracyBudget)
     eval_text: Path | None = None
+    calibration: CalibrationSpec | None = None  # spec.optimize.calibration: part of the key
+    calibration_text: Path | None = None  # its text; replaces the shipped calibration slice
     gpu: bool = False  # ship the GPU config variant
     recipes: list[str] | None = None  # restrict the candidates (tests, benchmarks)
     eval_limit: int | None = None
@@ -60,9 +63,14 @@ class Request:
         uri, revision = split_revision(canonical_uri(self.source), self.revision)
         try:
             source = SourceSpec.model_validate({"uri": uri, "revision": revision, "task": self.task})
-            optimize = OptimizeSpec.model_validate(
-                {"target": self.target, "precision": self.precision, "accuracyBudget": self.budget.to_wire()}
-            )
+            wire: dict[str, Any] = {
+                "target": self.target,
+                "precision": self.precision,
+                "accuracyBudget": self.budget.to_wire(),
+            }
+            if self.calibration is not None:
+                wire["calibration"] = self.calibration.to_wire()
+            optimize = OptimizeSpec.model_validate(wire)
         except ValueError as exc:
             raise OptimizeError("InvalidArguments", f"invalid arguments: {exc}") from exc
         return source, optimize
@@ -84,6 +92,32 @@ def load_texts(path: Path | None) -> list[str]:
     sentences = [line for line in lines if line and not line.startswith("#")]
     if len(sentences) < 4:
         raise OptimizeError("InvalidArguments", "the evaluation text needs at least 4 non-empty lines")
+    return sentences
+
+
+MIN_CALIBRATION_LINES = 8
+
+
+def load_calibration(path: Path) -> list[str]:
+    """spec.optimize.calibration's text: one sentence per line, '#' comments, >= 8 lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise OptimizeError(
+            "InvalidArguments",
+            f"calibration text {path} not found (spec.optimize.calibration: does the ConfigMap exist, with that "
+            "key? is the file on the source's claim?)",
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptimizeError("InvalidArguments", f"cannot read the calibration text {path}: {exc}") from exc
+    lines = [line.strip() for line in text.splitlines()]
+    sentences = [line for line in lines if line and not line.startswith("#")]
+    if len(sentences) < MIN_CALIBRATION_LINES:
+        raise OptimizeError(
+            "InvalidArguments",
+            f"the calibration text {path} has {len(sentences)} non-empty lines; it needs at least "
+            f"{MIN_CALIBRATION_LINES}",
+        )
     return sentences
 
 
@@ -371,6 +405,10 @@ def optimize(req: Request) -> tuple[ArtifactSummary, dict[str, Any]]:
         tensorrt.check_available()
     sentences = load_texts(req.eval_text)
     calibration_texts, texts = split_texts(sentences, req.eval_limit)
+    if req.calibration_text is not None:
+        # The held-out sentences stay the same, so a user's text changes what the quantizer
+        # learns from and never what the gate scores.
+        calibration_texts = load_calibration(req.calibration_text)
     gpu_recipes = req.target == "tensorrt" or req.precision == "fp16"
     chosen_recipes = recipes.candidates(req.precision, gpu_recipes, req.recipes, req.target)
     if not chosen_recipes:

@@ -74,6 +74,7 @@ class JobView:
     failure_reason: str  # the Job's Failed condition reason, e.g. BackoffLimitExceeded
     failure_message: str
     result: ArtifactSummary | None  # persisted on the Job once read from its pod
+    failed_at: str | None = None  # the Failed condition's lastTransitionTime (RFC 3339)
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> JobView:
@@ -87,6 +88,7 @@ class JobView:
             failure_reason=failed.get("reason", ""),
             failure_message=failed.get("message", ""),
             result=parse_summary(_annotations(obj).get(ANNOTATION_RESULT)),
+            failed_at=failed.get("lastTransitionTime") if failed.get("status") == "True" else None,
         )
 
 
@@ -111,6 +113,18 @@ def _last_exit(last: Mapping[str, Any], restarts: int) -> str:
     said += f", {restarts} restarts)" if restarts else ")"
     message = str(last.get("message") or "").strip()
     return f"{said}: {message[-500:]}" if message else said
+
+
+def _said_reason(last: Mapping[str, Any]) -> str | None:
+    """The failure reason of an ArtifactSummary termination message, if that is what it is."""
+    message = str(last.get("message") or "").strip()
+    if not message.startswith("{"):
+        return None
+    try:
+        summary = ArtifactSummary.from_termination_message(message)
+    except ValueError:
+        return None
+    return None if summary.ok else summary.reason
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,9 @@ class PodView:
     waiting_message: str | None = None
     last_exit: str | None = None  # that container's last termination: "exit code 1 (Error): <message>"
     oom_killed: bool = False  # that container was last killed for exceeding its memory limit
+    # The reason a Flotilla container (the S3 fetch init container) wrote in its termination
+    # message, e.g. ArtifactChecksumMismatch: a better condition reason than CrashLoopBackOff.
+    said_reason: str | None = None
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> PodView:
@@ -181,6 +198,7 @@ class PodView:
             waiting_message=waiting.get("message"),
             last_exit=_last_exit(last, restarts) if last else None,
             oom_killed=last.get("reason") == "OOMKilled",
+            said_reason=_said_reason(last),
         )
 
     @property
@@ -192,7 +210,8 @@ class PodView:
             return PodProblem("OOMKilled", f"pod {self.name}: killed for exceeding its memory limit ({self.last_exit})")
         if self.waiting_reason:
             said = f"pod {self.name}: {self.waiting_reason}: {self.waiting_message or 'no message'}"
-            return PodProblem(self.waiting_reason, f"{said}; last {self.last_exit}" if self.last_exit else said)
+            said = f"{said}; last {self.last_exit}" if self.last_exit else said
+            return PodProblem(self.said_reason or self.waiting_reason, said)
         return None
 
     @property

@@ -125,12 +125,17 @@ def desired_replicas(model: SmallModel) -> int:
     return min(max(wanted if wanted is not None else auto.min_replicas, auto.min_replicas), auto.max_replicas)
 
 
+def _on_claim(ctx: Context) -> bool:
+    """Artifacts live on the per-namespace claim (not in S3): its binding and access mode matter."""
+    return ctx.config.artifact_store == "pvc"
+
+
 def _plan_artifact(
     model: SmallModel, key: str, state: ArtifactState, observed: Observed, ctx: Context, draft: _Draft
 ) -> None:
     _prune_jobs(model, key, observed, draft)
     if isinstance(state, Building) and not state.exists and state.queued is None:
-        if not observed.artifact_pvc_exists and ctx.config.create_artifact_pvc:
+        if _on_claim(ctx) and not observed.artifact_pvc_exists and ctx.config.create_artifact_pvc:
             draft.apply.append(optimizer.build_artifact_pvc(model.metadata.namespace, ctx.config))
         draft.apply.append(stamped(optimizer.build_job(model, key, ctx.config)))
         draft.event(
@@ -139,6 +144,16 @@ def _plan_artifact(
     if isinstance(state, Ready | Failed) and state.newly_read:
         result = state.summary.to_termination_message()
         draft.annotate.append(Annotate(Ref("batch/v1", "Job", state.job), {ANNOTATION_RESULT: result}))
+    elif isinstance(state, Failed) and _store_retry_due(state, observed, ctx):
+        draft.delete.append(Ref("batch/v1", "Job", state.job))  # the next reconcile starts a new one
+        draft.event("Normal", "OptimizationRetried", f"Job {state.job} failed with {state.summary.reason}: retrying")
+
+
+def _store_retry_due(state: Failed, observed: Observed, ctx: Context) -> bool:
+    job = observed.job(state.job)
+    failed_at = rollout.parse_time(job.failed_at) if job is not None and job.failed_at else None
+    now = rollout.parse_time(ctx.now) or 0.0
+    return store.retry_due(state.summary.reason, failed_at, now, ctx.config.store_retry_seconds)
 
 
 def queue_slot(state: ArtifactState, observed: Observed, ctx: Context) -> ArtifactState:
@@ -153,7 +168,7 @@ def queue_slot(state: ArtifactState, observed: Observed, ctx: Context) -> Artifa
 
 def _store_check(state: ArtifactState, observed: Observed, ctx: Context) -> ArtifactState:
     """A Job that waits for the artifact store says so, rather than its pod's symptom."""
-    if not isinstance(state, Building) or not state.exists:
+    if not isinstance(state, Building) or not state.exists or not _on_claim(ctx):
         return state
     problem = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, observed.pods_of_job(state.job))
     return replace(state, problem=problem) if problem is not None else state
@@ -355,11 +370,14 @@ def _what(reason: str) -> str:
     return "cannot be scheduled" if reason == "Unschedulable" else "does not run"
 
 
-def _optimized(state: ArtifactState) -> Want:
+def _optimized(state: ArtifactState, ctx: Context) -> Want:
     if isinstance(state, Ready):
         return Want(COND_OPTIMIZED, "True", "ArtifactReady", describe(state.summary))
     if isinstance(state, Failed):
-        return Want(COND_OPTIMIZED, "False", state.summary.reason or "OptimizerError", state.summary.message)
+        message = state.summary.message
+        if state.summary.reason in store.RETRIED_STORE_FAILURES:
+            message += f"; the Job runs again {ctx.config.store_retry_seconds:.0f}s after it failed"
+        return Want(COND_OPTIMIZED, "False", state.summary.reason or "OptimizerError", message)
     if state.queued is not None:
         return Want(COND_OPTIMIZED, "False", "Queued", f"Job {state.job} waits: {state.queued}")
     if state.problem is not None:
@@ -371,7 +389,7 @@ def _optimized(state: ArtifactState) -> Want:
 def _single_node_note(replicas: int, observed: Observed, ctx: Context) -> str:
     """Replicas > 1 on a ReadWriteOnce claim are allowed, but they only run on one node: say so."""
     mode = store.single_node_mode(observed.artifact_claim, ctx.config.artifact_pvc_access_mode)
-    if replicas <= 1 or mode is None:
+    if replicas <= 1 or mode is None or not _on_claim(ctx):
         return ""
     claim = observed.artifact_claim.name if observed.artifact_claim else ctx.config.artifact_pvc
     return f"; {store.single_node_advice(claim, mode)}"
@@ -383,7 +401,10 @@ def _ready(
     dep = observed.deployment(revision)
     replicas = desired_replicas(model)
     pods = [p for p in observed.pods_of_revision(revision) if not p.terminating]
-    stuck = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, pods)
+    if _on_claim(ctx):
+        stuck = store.store_problem(observed, ctx.config.artifact_pvc_access_mode, pods)
+    else:
+        stuck = store.download_problem(pods)
     note = _single_node_note(replicas, observed, ctx)
     if result.stable == revision and dep is not None and (dep.ready_replicas > 0 or replicas == 0):
         said = f"revision {revision} serves with {dep.ready_replicas}/{replicas} ready"
@@ -425,8 +446,9 @@ STALLED_REASONS = {"RolledBack"}
 
 
 def _kstatus(ready: Want, state: ArtifactState, result: _Serving) -> list[Want]:
-    stalled = isinstance(state, Failed) or ready.reason in STALLED_REASONS
-    serving_old = result.stable is not None and stalled
+    retried = isinstance(state, Failed) and state.summary.reason in store.RETRIED_STORE_FAILURES
+    stalled = (isinstance(state, Failed) and not retried) or ready.reason in STALLED_REASONS
+    serving_old = result.stable is not None and (isinstance(state, Failed) or ready.reason in STALLED_REASONS)
     reason = ready.reason
     return [
         Want(COND_RECONCILING, "True" if ready.status != "True" and not stalled else "False", reason, ready.message),
@@ -504,7 +526,7 @@ def plan(model: SmallModel, observed: Observed, ctx: Context) -> Plan:
     _plan_artifact(model, key, state, observed, ctx, draft)
     result = _plan_serving(model, key, revision, state, observed, ctx, draft)
     ready = _ready(model, revision, state, result, observed, ctx)
-    wants = [_optimized(state), ready, _canary(result), *_kstatus(ready, state, result)]
+    wants = [_optimized(state, ctx), ready, _canary(result), *_kstatus(ready, state, result)]
     wants += [latency] if latency is not None else []
     status = _status(model, key, state, result, observed, wants, ctx)
     _transition_events(model.status, status, draft)

@@ -20,6 +20,31 @@ from collections.abc import Iterable
 
 from .observed import ClaimView, EventView, Observed, PodProblem, PodView
 
+# Failures of the object store that a person or time fixes outside the SmallModel (a Secret
+# rotated, a bucket created, an endpoint back): the failed Job is retried after a while.
+RETRIED_STORE_FAILURES = frozenset({"StoreUnreachable", "StoreCredentialsInvalid", "StoreBucketMissing"})
+
+
+# What a serving pod's fetch-artifact init container reports (flotilla.objectstore).
+DOWNLOAD_FAILURES = RETRIED_STORE_FAILURES | {"ArtifactChecksumMismatch", "ArtifactMissing"}
+
+
+def download_problem(pods: Iterable[PodView]) -> PodProblem | None:
+    """A pod that cannot download its artifact from the S3 store: named even while other
+    replicas serve, like a pod that cannot use a single-node claim."""
+    for pod in pods:
+        problem = pod.problem
+        if not pod.terminating and problem is not None and problem.reason in DOWNLOAD_FAILURES:
+            return problem
+    return None
+
+
+def retry_due(reason: str | None, failed_at: float | None, now: float, wait: float) -> bool:
+    """A failed Job whose reason is the store's, `wait` seconds after it failed: run it again.
+    The Job itself already retried its pod with backoff; this is the slow outer loop."""
+    return reason in RETRIED_STORE_FAILURES and failed_at is not None and now - failed_at >= wait
+
+
 CLAIM_PENDING = "ArtifactClaimPending"
 SINGLE_NODE = "ArtifactClaimSingleNode"
 SINGLE_NODE_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})

@@ -1,7 +1,8 @@
 """Triton serving objects of one revision (Deployment, ConfigMap, PDB) and the model's Services.
 
 Layout inside the pod: the artifact's version directory is mounted read-only from the
-artifact store at /models/<model>/1, and the revision's config.pbtxt (serving settings:
+artifact store (the claim, or with the S3 store the emptyDir its init container downloaded and
+verified the artifact into) at /models/<model>/1, and the revision's config.pbtxt (serving settings:
 batching, instances, CPU/GPU) from an immutable ConfigMap beside it. Triton takes the model
 name from the directory, so one artifact serves any SmallModel name.
 """
@@ -23,6 +24,7 @@ from flotilla.api.v1alpha1 import (
 )
 from flotilla.config import OperatorConfig
 
+from . import store
 from .meta import Obj, config_map_name, deployment_name, labels, object_meta, pull_secrets
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
@@ -109,6 +111,24 @@ def _probe(path: str, period: int, failures: int) -> Obj:
     }
 
 
+CONTAINER_SECURITY: Obj = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _fetch_resources(model: SmallModel) -> Obj:
+    """The download needs CPU for checksums and no GPU: the model's requests, no device limits."""
+    res = model.spec.serving.resources
+    out: Obj = {}
+    if res.requests:
+        out["requests"] = dict(res.requests)
+    if res.limits:
+        out["limits"] = dict(res.limits)
+    return out
+
+
 def _container(model: SmallModel, key: str, model_dir: str, config: OperatorConfig) -> Obj:
     name = model.metadata.name
     return {
@@ -143,11 +163,7 @@ def _container(model: SmallModel, key: str, model_dir: str, config: OperatorConf
             },
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": CONTAINER_SECURITY,
     }
 
 
@@ -192,12 +208,14 @@ def build_deployment(model: SmallModel, revision: str, key: str, model_dir: str,
         },
         "containers": [_container(model, key, model_dir, config)],
         "volumes": [
-            {"name": "artifact", "persistentVolumeClaim": {"claimName": config.artifact_pvc, "readOnly": True}},
+            *store.serving_volumes(config),
             {"name": "config", "configMap": {"name": config_map_name(name, revision)}},
             {"name": "tmp", "emptyDir": {}},
         ],
         **_placement(model, revision, config),
     }
+    if store.uses_s3(config):
+        pod_spec["initContainers"] = [store.fetch_container(key, config, CONTAINER_SECURITY, _fetch_resources(model))]
     if config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = pull_secrets(config.image_pull_secrets)
     return {

@@ -6,6 +6,7 @@ from .model import MAX_NAME_LENGTH, ObjectMeta, SmallModel
 from .spec import (
     AccuracyBudget,
     AutoscalingSpec,
+    CalibrationSpec,
     CanarySpec,
     GpuSpec,
     LatencyObjective,
@@ -37,6 +38,7 @@ __all__ = [
     "ArtifactStatus",
     "ArtifactSummary",
     "AutoscalingSpec",
+    "CalibrationSpec",
     "CanarySpec",
     "Condition",
     "FailureReason",

@@ -29,6 +29,12 @@ FailureReason = Literal[
     "OutOfDisk",
     "OOMKilled",  # set by the operator from the pod's state: the optimizer cannot report it
     "OptimizerError",
+    # The S3 artifact store (flotilla.objectstore): from the Job's upload or a serving pod's download.
+    "StoreCredentialsInvalid",
+    "StoreBucketMissing",
+    "StoreUnreachable",
+    "ArtifactChecksumMismatch",
+    "ArtifactMissing",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
@@ -170,6 +171,63 @@ class AccuracyBudget(ApiModel):
         return self
 
 
+class ConfigMapKeyRef(ApiModel):
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        description="Name of a ConfigMap in the SmallModel's namespace.",
+    )
+    key: str = Field(
+        default="calibration.txt",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the ConfigMap that holds the text.",
+    )
+
+
+class CalibrationSpec(ApiModel):
+    """Text the quantizer learns from; never text the accuracy gate scores."""
+
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None,
+        description="A ConfigMap key with the text, one sentence or document per line (# starts a comment). "
+        "The artifact key includes the ConfigMap's name and key, not its content: to calibrate on new text, "
+        "use a new name (kustomize's configMapGenerator does).",
+    )
+    source_path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[^/].*$",
+        description="A text file on the source's PVC (source.uri pvc://claim/...), relative to the claim's root.",
+    )
+
+    cel_rules = (
+        (
+            "has(self.configMapRef) != has(self.sourcePath)",
+            "optimize.calibration needs exactly one of configMapRef and sourcePath",
+        ),
+        (
+            "!has(self.sourcePath) || !self.sourcePath.matches('(^|/)[.][.](/|$)')",
+            "optimize.calibration.sourcePath must stay inside the claim (no .. segment)",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cel(self, info: ValidationInfo) -> CalibrationSpec:
+        escapes = self.source_path is not None and re.search(r"(^|/)[.][.](/|$)", self.source_path) is not None
+        _raise_first(
+            info,
+            [
+                ((self.config_map_ref is None) != (self.source_path is None), self.cel_rules[0][1]),
+                (not escapes, self.cel_rules[1][1]),
+            ],
+        )
+        return self
+
+
 class OptimizeSpec(ApiModel):
     target: Target = Field(
         default="onnx",
@@ -184,6 +242,12 @@ class OptimizeSpec(ApiModel):
         default_factory=AccuracyBudget,
         description="How much accuracy the optimized artifact may lose against fp32; over budget, nothing "
         "is rolled out.",
+    )
+    calibration: CalibrationSpec | None = Field(
+        default=None,
+        description="Your own calibration text (int8 activation ranges, the mixed-precision search), at least 8 "
+        "non-empty lines; unset: the optimizer's shipped set. The accuracy gate still scores the shipped held-out "
+        "sentences, which calibration never sees.",
     )
 
     cel_rules = (
@@ -554,6 +618,11 @@ class SmallModelSpec(ApiModel):
             "optimize.accuracyBudget.maxKLDivergence does not apply to feature-extraction (embeddings have no "
             "next-token distribution): use minCosineSimilarity",
         ),
+        (
+            "!has(self.optimize.calibration) || !has(self.optimize.calibration.sourcePath) "
+            "|| self.source.uri.startsWith('pvc://')",
+            "optimize.calibration.sourcePath is a file on the source's PVC: it needs a pvc:// source.uri",
+        ),
     )
 
     @model_validator(mode="after")
@@ -568,6 +637,12 @@ class SmallModelSpec(ApiModel):
                 (
                     self.optimize.accuracy_budget.max_kl_divergence is None or self.source.task != "feature-extraction",
                     self.cel_rules[3][1],
+                ),
+                (
+                    self.optimize.calibration is None
+                    or self.optimize.calibration.source_path is None
+                    or self.source.uri.startswith("pvc://"),
+                    self.cel_rules[4][1],
                 ),
             ],
         )
