@@ -27,7 +27,7 @@ from flotilla.config import OperatorConfig
 from flotilla.executor import Applied, execute
 from flotilla.gc.keep import UnknownModelError, keep_set
 from flotilla.gc.sweep import Summary
-from flotilla.kube import Kube
+from flotilla.kube import ALL_NAMESPACES, Kube
 from flotilla.metrics import PodTarget, Window
 from flotilla.metrics.gateway import Demand, DemandSampler, GatewayTarget
 from flotilla.metrics.sampler import Sampler
@@ -38,7 +38,8 @@ from flotilla.reconcile.observed import EventView
 from flotilla.reconcile.plan import needs_metrics
 from flotilla.reconcile.scaling import at_zero
 from flotilla.reconcile.store import single_node_mode
-from flotilla.resources.gc import build_gc_job, gc_job_name
+from flotilla.resources.gc import build_gc_job, gc_job_name, gc_labels
+from flotilla.resources.store import uses_s3
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -338,7 +339,7 @@ class Controller:
         self, model: SmallModel, observed: Observed, body: Mapping[str, Any]
     ) -> tuple[Plan, str | None]:
         if self.config.artifact_gc_interval_seconds > 0 and self._creates_job(model, observed):
-            async with self._gc_lock(model.metadata.namespace):  # not while a sweep runs there
+            async with self._gc_lock(self._gc_scope(model.metadata.namespace)):  # not while a sweep runs there
                 return await self._plan_and_execute_now(model, observed, body)
         return await self._plan_and_execute_now(model, observed, body)
 
@@ -385,31 +386,51 @@ class Controller:
 
     # --- artifact garbage collection ------------------------------------------------------
 
-    def _gc_lock(self, namespace: str) -> asyncio.Lock:
-        return self._gc_locks.setdefault(namespace, asyncio.Lock())
+    def _gc_lock(self, scope: str) -> asyncio.Lock:
+        return self._gc_locks.setdefault(scope, asyncio.Lock())
 
-    async def collect_garbage(self, namespace: str) -> GcOutcome | None:
-        """One GC pass of the namespace's artifact claim: a Job sweeps it with the keep set of
-        every SmallModel there (gc/keep.py); its summary becomes an `ArtifactsCollected` Event
-        on the claim and a log line. Skipped (None) while an optimization Job runs there, while
-        a SmallModel cannot be read, or without the claim; a GC Job left by an operator that
-        stopped is waited for and reported, never doubled."""
-        async with self._gc_lock(namespace):
+    def _gc_scope(self, namespace: str) -> str:
+        """What a sweep covers: the namespace's claim, or ("") the one S3 bucket prefix of all."""
+        return "" if uses_s3(self.config) else namespace
+
+    async def collect_garbage(self, namespace: str | None) -> GcOutcome | None:
+        """One GC pass: a Job sweeps the namespace's artifact claim (None: the S3 store, every
+        watched namespace's artifacts) with the keep set of every SmallModel it serves
+        (gc/keep.py); its summary becomes a log line and, when it removed something, an
+        `ArtifactsCollected` Event (on the claim; S3: on the namespace the Job ran in).
+        Skipped (None) while an optimization Job runs there, while a SmallModel cannot be
+        read, or without a bound claim; a GC Job left by an operator that stopped is waited
+        for and reported, never doubled."""
+        async with self._gc_lock(namespace or ""):
             started = time.monotonic()
             name = gc_job_name(self.config)
-            if await self.kube.job(namespace, name) is None and not await self._start_gc(namespace):
+            where = await self._left_gc_job(namespace, name)
+            if where is None and (where := await self._start_gc(namespace)) is None:
                 return None
-            job = await self._wait_gc(namespace, name)
+            job = await self._wait_gc(where, name)
             seconds = time.monotonic() - started
-            pods = await self.kube.job_pods(namespace, name)
+            pods = await self.kube.job_pods(where, name)
             _, failed = _job_finished(job) if job is not None else (True, "the Job did not finish in time")
             summary, omitted = _summary(_termination_message(pods))
-            outcome = GcOutcome(namespace, summary, omitted, failed, seconds)
-            await self._report_gc(outcome)
-            await self.kube.delete("batch/v1", "Job", name, namespace)
+            outcome = GcOutcome(where, summary, omitted, failed, seconds)
+            await self._report_gc(outcome, s3=namespace is None)
+            await self.kube.delete("batch/v1", "Job", name, where)
             return outcome
 
-    async def _start_gc(self, namespace: str) -> bool:
+    async def _left_gc_job(self, namespace: str | None, name: str) -> str | None:
+        """The namespace of a GC Job already there (a pass of an operator that stopped)."""
+        if namespace is not None:
+            return namespace if await self.kube.job(namespace, name) is not None else None
+        for ns in self._watched():
+            for job in await self.kube.jobs(ns, gc_labels()):
+                if job["metadata"]["name"] == name:
+                    return str(job["metadata"]["namespace"])
+        return None
+
+    def _watched(self) -> list[str]:
+        return list(self.config.namespaces) or [ALL_NAMESPACES]
+
+    async def _claim_usable(self, namespace: str) -> bool:
         claim = await self.kube.claim(namespace, self.config.artifact_pvc)
         if claim is None or (claim.get("status") or {}).get("phase") != "Bound":
             log.info("artifact GC in %s: skipped, the artifact claim is not bound", namespace)
@@ -418,20 +439,37 @@ class Controller:
             # One pod at a time: a GC pod would wait for the serving pod to stop (its deadline first).
             log.info("artifact GC in %s: skipped, a ReadWriteOncePod claim admits no GC pod beside serving", namespace)
             return False
+        return True
+
+    async def _start_gc(self, namespace: str | None) -> str | None:
+        """Create the GC Job; the namespace it runs in (None: skipped, and said in the log)."""
+        where = namespace or "the S3 store"
+        if namespace is not None and not await self._claim_usable(namespace):
+            return None
+        scopes = [namespace] if namespace is not None else self._watched()
         optimizer = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_OPTIMIZER}
-        running = [j for j in await self.kube.jobs(namespace, optimizer) if not _job_finished(j)[0]]
+        running = [j for ns in scopes for j in await self.kube.jobs(ns, optimizer) if not _job_finished(j)[0]]
         if running:
             names = ", ".join(sorted(j["metadata"]["name"] for j in running))
-            log.info("artifact GC in %s: skipped while optimization Jobs run (%s); next interval", namespace, names)
-            return False
+            log.info("artifact GC in %s: skipped while optimization Jobs run (%s); next interval", where, names)
+            return None
+        bodies = [m for ns in scopes for m in await self.kube.small_models(ns)]
         try:
-            keep = keep_set(await self.kube.small_models(namespace))
+            keep = keep_set(bodies)
         except UnknownModelError as err:
-            log.warning("artifact GC in %s: skipped: %s", namespace, err)
-            return False
+            log.warning("artifact GC in %s: skipped: %s", where, err)
+            return None
+        if namespace is None:  # S3: where a SmallModel is, so is the store's Secret and CA ConfigMap
+            namespaces = sorted({str(b["metadata"]["namespace"]) for b in bodies})
+            if not namespaces:
+                log.info("artifact GC in %s: skipped, no SmallModel (no namespace to run the Job in)", where)
+                return None
+            namespace = namespaces[0]
         await self.kube.apply(build_gc_job(namespace, keep, self.config))
-        log.info("artifact GC in %s: Job started, keeping %d referenced artifact key(s)", namespace, len(keep))
-        return True
+        log.info(
+            "artifact GC in %s: Job started in %s, keeping %d referenced artifact key(s)", where, namespace, len(keep)
+        )
+        return namespace
 
     async def _wait_gc(self, namespace: str, name: str) -> dict[str, Any] | None:
         deadline = time.monotonic() + GC_WAIT_SECONDS
@@ -442,31 +480,42 @@ class Controller:
             await asyncio.sleep(self.gc_poll_seconds)
         return None
 
-    async def _report_gc(self, outcome: GcOutcome) -> None:
+    async def _report_gc(self, outcome: GcOutcome, s3: bool = False) -> None:
         message = outcome.message()
         ok = outcome.summary is not None and not outcome.summary.errors and outcome.failed is None
-        (log.info if ok else log.warning)("artifact GC in %s: %s", outcome.namespace, message)
+        where = f"the S3 store (Job in {outcome.namespace})" if s3 else outcome.namespace
+        (log.info if ok else log.warning)("artifact GC in %s: %s", where, message)
         if ok and not (outcome.summary and (outcome.summary.removed or outcome.omitted)):
             return  # nothing removed: the log line only (an Event per namespace per interval is noise)
-        claim = await self.kube.claim(outcome.namespace, self.config.artifact_pvc)
+        if s3:
+            ns = outcome.namespace
+            claim: dict[str, Any] | None = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": ns, "namespace": ns},
+            }
+        else:
+            claim = await self.kube.claim(outcome.namespace, self.config.artifact_pvc)
         if claim is not None:
             reason = "ArtifactsCollected" if outcome.summary is not None else "ArtifactGCFailed"
             await self.kube.event(claim, "Normal" if ok else "Warning", reason, message)
 
     def gc_tick(self, namespaces: Iterable[str]) -> None:
-        """Start a pass in every namespace with an artifact claim and no pass in flight."""
-        for namespace in namespaces:
-            task = self._gc_passes.get(namespace)
+        """Start a pass in every namespace with an artifact claim (S3: one pass for the store)
+        that has no pass in flight."""
+        scopes: list[str | None] = [None] if uses_s3(self.config) else list(namespaces)
+        for scope in scopes:
+            task = self._gc_passes.get(scope or "")
             if task is None or task.done():
-                self._gc_passes[namespace] = asyncio.create_task(self._gc_guarded(namespace))
+                self._gc_passes[scope or ""] = asyncio.create_task(self._gc_guarded(scope))
 
-    async def _gc_guarded(self, namespace: str) -> GcOutcome | None:
+    async def _gc_guarded(self, namespace: str | None) -> GcOutcome | None:
         try:
             return await self.collect_garbage(namespace)
         except asyncio.CancelledError:
             raise
         except Exception:  # the next interval tries again
-            log.exception("artifact GC in %s failed", namespace)
+            log.exception("artifact GC in %s failed", namespace or "the S3 store")
             return None
 
     def start_gc(self, namespaces: Callable[[], Iterable[str]]) -> None:

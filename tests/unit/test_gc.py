@@ -316,10 +316,10 @@ class GcKube:
         self.deleted.append(name)
 
 
-def controller(kube: GcKube) -> Any:
+def controller(kube: GcKube, **settings: Any) -> Any:
     from flotilla.controller import Controller
 
-    ctl = Controller(OperatorConfig(artifact_retention_seconds=60), kube=kube)  # type: ignore[arg-type]
+    ctl = Controller(OperatorConfig(artifact_retention_seconds=60, **settings), kube=kube)  # type: ignore[arg-type]
     ctl.gc_poll_seconds = 0
     return ctl
 
@@ -410,3 +410,49 @@ def test_no_pass_on_a_claim_that_is_not_bound_or_admits_one_pod_at_a_time() -> N
 
         kube.claim = this_claim  # type: ignore[method-assign]
         assert asyncio.run(controller(kube).collect_garbage("ml")) is None and kube.created == []
+
+
+S3 = {"artifact_store": "s3", "s3_bucket": "models", "s3_endpoint": "http://minio:9000", "s3_credentials_secret": "s3"}
+
+
+def test_the_s3_gc_job_sweeps_the_bucket_with_the_stores_settings_and_no_claim() -> None:
+    job = build_gc_job("ml", [KEYS["stable"]], OperatorConfig(**S3))
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][:3] == ["sweep", "--store", "s3"] and "--root" not in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        env["FLOTILLA_S3_BUCKET"]["value"] == "models" and env["FLOTILLA_S3_ENDPOINT"]["value"] == "http://minio:9000"
+    )
+    assert env["FLOTILLA_S3_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+
+
+def test_an_s3_pass_keeps_every_namespaces_models_and_reports_on_the_namespace_it_ran_in() -> None:
+    a = model("a").model_dump(by_alias=True, mode="json")
+    b = model("b", optimize={"precision": "int8"}).model_dump(by_alias=True, mode="json")
+    b["metadata"]["namespace"] = "aaa"
+    message = Summary(removed=[KEYS["old"]], bytes_freed=10).to_termination_message()
+    kube = GcKube([a, b], message=message)
+    ctl = controller(kube, **S3)
+
+    async def main() -> Any:
+        ctl.gc_tick(["ml", "aaa"])  # namespaces with claims: with S3, one pass for the store instead
+        assert list(ctl._gc_passes) == [""]
+        return await ctl._gc_passes[""]
+
+    outcome = asyncio.run(main())
+    (job,) = kube.created
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {args[i + 1] for i, x in enumerate(args) if x == "--keep"} == model_keys(model("a")) | model_keys(
+        model("b", optimize={"precision": "int8"})
+    )
+    assert job["metadata"]["namespace"] == "aaa" == outcome.namespace  # the first namespace with a model
+    ((kind, _, reason, _),) = kube.events
+    assert (kind, reason) == ("Namespace", "ArtifactsCollected")
+
+
+def test_with_s3_an_optimization_anywhere_waits_for_the_sweep() -> None:
+    ctl = controller(GcKube([]), **S3)
+    assert ctl._gc_scope("ml") == ctl._gc_scope("other") == ""
+    assert controller(GcKube([]))._gc_scope("ml") == "ml"

@@ -32,6 +32,7 @@ from flotilla.resources.meta import marker
 log = logging.getLogger(__name__)
 
 RESULT_MANAGER = f"{FIELD_MANAGER}-results"
+ALL_NAMESPACES = "*"  # lightkube's ALL_NS: a list across every namespace
 SmallModelResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
 HTTP_ROUTE_CRD = "httproutes.gateway.networking.k8s.io"

@@ -5,6 +5,11 @@ name is fixed, `<artifact_pvc>-gc`), never owned by a SmallModel (artifacts are 
 every model of the namespace), and never labelled with a model, so it is no model's child:
 the optimization cap does not count it and no model's loop wakes for it. The keep set is
 computed by the operator (gc/keep.py) and passed as arguments.
+
+With the S3 store (artifact_store: s3) one bucket prefix holds every namespace's artifacts:
+one Job sweeps it (`--store s3`, the store's FLOTILLA_S3_* settings, credentials and CA as the
+optimization Job gets them, resources/store.py), with the keep set of every watched namespace,
+in a namespace that has SmallModels (so its credentials Secret and CA ConfigMap are there).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterable
 from flotilla.api.v1alpha1 import COMPONENT_ARTIFACT_GC, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
 from flotilla.config import OperatorConfig
 
+from . import store
 from .meta import CONTAINER_SECURITY, POD_SECURITY, Obj, pull_secrets
 
 ARTIFACT_MOUNT = "/artifacts"
@@ -30,8 +36,9 @@ def gc_labels() -> dict[str, str]:
     return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_ARTIFACT_GC}
 
 
-def gc_args(keep: Iterable[str], retention_seconds: float) -> list[str]:
-    args = ["sweep", "--root", ARTIFACT_MOUNT, "--retention-seconds", f"{retention_seconds:g}"]
+def gc_args(keep: Iterable[str], retention_seconds: float, s3: bool = False) -> list[str]:
+    where = ["--store", "s3"] if s3 else ["--root", ARTIFACT_MOUNT]
+    args = ["sweep", *where, "--retention-seconds", f"{retention_seconds:g}"]
     for key in sorted(set(keep)):
         args += ["--keep", key]
     return args
@@ -39,14 +46,21 @@ def gc_args(keep: Iterable[str], retention_seconds: float) -> list[str]:
 
 def build_gc_job(namespace: str, keep: Iterable[str], config: OperatorConfig) -> Obj:
     labels = gc_labels()
+    s3 = store.uses_s3(config)
+    if s3:
+        volumes: list[Obj] = [{"name": "tmp", "emptyDir": {}}, *store.s3_volumes(config)]
+        mounts: list[Obj] = [{"name": "tmp", "mountPath": "/tmp"}, *store.s3_mounts(config)]
+    else:
+        volumes = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": config.artifact_pvc}}]
+        mounts = [{"name": "artifacts", "mountPath": ARTIFACT_MOUNT}]
     container: Obj = {
         "name": CONTAINER,
         "image": config.optimizer_image,  # it has the flotilla package, and nothing else is needed
         "command": ["python", "-m", "flotilla.gc"],
-        "args": gc_args(keep, config.artifact_retention_seconds),
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "args": gc_args(keep, config.artifact_retention_seconds, s3),
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *store.s3_env(config)],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-        "volumeMounts": [{"name": "artifacts", "mountPath": ARTIFACT_MOUNT}],
+        "volumeMounts": mounts,
         # The summary goes here; the operator reads it from the pod status (gc/sweep.py).
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -56,7 +70,7 @@ def build_gc_job(namespace: str, keep: Iterable[str], config: OperatorConfig) ->
         "restartPolicy": "Never",
         "securityContext": dict(POD_SECURITY),
         "containers": [container],
-        "volumes": [{"name": "artifacts", "persistentVolumeClaim": {"claimName": config.artifact_pvc}}],
+        "volumes": volumes,
     }
     if config.job_node_selector:
         pod_spec["nodeSelector"] = dict(config.job_node_selector)
