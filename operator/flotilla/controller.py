@@ -46,6 +46,9 @@ Key = tuple[str, str]
 KICK_DEBOUNCE_SECONDS = 0.5
 GC_POLL_SECONDS = 2.0  # how often a GC pass looks at its Job
 GC_WAIT_SECONDS = 900.0  # the Job's own deadline (resources/gc.py) and then some
+# A GC pod that has not started by then (unschedulable, a volume that does not attach, an image
+# that does not pull) is deleted, so the namespace's optimizations do not wait behind it.
+GC_START_SECONDS = 120.0
 
 
 def render_config(model: SmallModel, summary: ArtifactSummary) -> str:
@@ -137,6 +140,7 @@ class Controller:
         self._gc_locks: dict[str, asyncio.Lock] = {}
         self._gc_passes: dict[str, asyncio.Task[GcOutcome | None]] = {}
         self.gc_poll_seconds = GC_POLL_SECONDS
+        self.gc_start_seconds = GC_START_SECONDS
         self._gc_loop: asyncio.Task[None] | None = None
         labels = ",".join(f"{k}={v}" for k, v in sorted(config.gateway_pods_labels.items()))
         self.gateway = GatewaySource(
@@ -407,10 +411,11 @@ class Controller:
             where = await self._left_gc_job(namespace, name)
             if where is None and (where := await self._start_gc(namespace)) is None:
                 return None
-            job = await self._wait_gc(where, name)
+            job, failed = await self._wait_gc(where, name)
             seconds = time.monotonic() - started
             pods = await self.kube.job_pods(where, name)
-            _, failed = _job_finished(job) if job is not None else (True, "the Job did not finish in time")
+            if job is not None:
+                _, failed = _job_finished(job)
             summary, omitted = _summary(_termination_message(pods))
             outcome = GcOutcome(where, summary, omitted, failed, seconds)
             await self._report_gc(outcome, s3=namespace is None)
@@ -471,14 +476,29 @@ class Controller:
         )
         return namespace
 
-    async def _wait_gc(self, namespace: str, name: str) -> dict[str, Any] | None:
-        deadline = time.monotonic() + GC_WAIT_SECONDS
-        while time.monotonic() < deadline:
+    async def _wait_gc(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The finished Job, or (None, why) when it did not finish or its pod never started (then
+        it is deleted, and gone, before the lock is released: no sweep can start after)."""
+        started = time.monotonic()
+        while time.monotonic() - started < GC_WAIT_SECONDS:
             job = await self.kube.job(namespace, name)
             if job is None or _job_finished(job)[0]:
-                return job
+                return job, None
+            if time.monotonic() - started >= self.gc_start_seconds:
+                pods = await self.kube.job_pods(namespace, name)
+                if not any(_started(p) for p in pods):
+                    await self._remove_gc_job(namespace, name)
+                    why = "; ".join(filter(None, (_waiting(p) for p in pods))) or "no pod"
+                    return None, f"its pod did not start within {self.gc_start_seconds:.0f} s ({why}): deleted"
             await asyncio.sleep(self.gc_poll_seconds)
-        return None
+        await self._remove_gc_job(namespace, name)
+        return None, f"it did not finish within {GC_WAIT_SECONDS:.0f} s: deleted"
+
+    async def _remove_gc_job(self, namespace: str, name: str) -> None:
+        await self.kube.delete("batch/v1", "Job", name, namespace, foreground=True)
+        started = time.monotonic()
+        while time.monotonic() - started < GC_WAIT_SECONDS and await self.kube.job(namespace, name) is not None:
+            await asyncio.sleep(self.gc_poll_seconds)
 
     async def _report_gc(self, outcome: GcOutcome, s3: bool = False) -> None:
         message = outcome.message()
@@ -599,6 +619,25 @@ def _job_finished(job: Mapping[str, Any]) -> tuple[bool, str | None]:
         if cond.get("type") == "Failed":
             return True, f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".rstrip(": ")
     return False, None
+
+
+def _started(pod: Mapping[str, Any]) -> bool:
+    """Whether a container of the pod ever ran (running or terminated)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return any({"running", "terminated"} & set((c.get("state") or {}).keys()) for c in statuses)
+
+
+def _waiting(pod: Mapping[str, Any]) -> str:
+    """Why a pod has not started, in the kubelet's or the scheduler's words."""
+    status = pod.get("status") or {}
+    for c in status.get("containerStatuses") or []:
+        waiting = (c.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".rstrip(": ")
+    return str(status.get("phase") or "")
 
 
 def _termination_message(pods: list[dict[str, Any]]) -> str | None:

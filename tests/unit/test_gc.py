@@ -312,7 +312,7 @@ class GcKube:
     async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((involved["kind"], type_, reason, message))
 
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str, foreground: bool = False) -> None:
         self.deleted.append(name)
 
 
@@ -456,3 +456,26 @@ def test_with_s3_an_optimization_anywhere_waits_for_the_sweep() -> None:
     ctl = controller(GcKube([]), **S3)
     assert ctl._gc_scope("ml") == ctl._gc_scope("other") == ""
     assert controller(GcKube([]))._gc_scope("ml") == "ml"
+
+
+def test_a_gc_pod_that_never_starts_is_deleted_before_the_namespace_is_released() -> None:
+    kube = GcKube([])
+    kube.looks = -(10**9)  # the Job never finishes
+    unscheduled = {"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}
+    ]}}  # fmt: skip
+
+    async def pods(namespace: str, job: str) -> list[dict[str, Any]]:
+        return [unscheduled]
+
+    kube.job_pods = pods  # type: ignore[method-assign]
+    ctl = controller(kube)
+    ctl.gc_start_seconds = 0
+    outcome = asyncio.run(ctl.collect_garbage("ml"))
+    assert outcome is not None and outcome.summary is None and kube.deleted[0] == "flotilla-artifacts-gc"
+    assert (
+        outcome.failed is not None
+        and "did not start within 0 s (Unschedulable: 0/3 nodes are available)" in outcome.failed
+    )
+    ((_, type_, reason, text),) = kube.events
+    assert (type_, reason) == ("Warning", "ArtifactGCFailed") and "Unschedulable" in text
