@@ -479,3 +479,11 @@ def test_a_gc_pod_that_never_starts_is_deleted_before_the_namespace_is_released(
     )
     ((_, type_, reason, text),) = kube.events
     assert (type_, reason) == ("Warning", "ArtifactGCFailed") and "Unschedulable" in text
+
+
+def test_a_deletion_cut_short_is_finished_by_the_next_sweep(tmp_path: Path) -> None:
+    artifact(tmp_path, KEYS["old"], timedelta(days=9), name=f".{KEYS['old']}.deleting-abc")  # a pass died here
+    artifact(tmp_path, KEYS["old"], timedelta(days=9))  # ...and the same key was published again since
+    summary = sweep(DirectoryStore(tmp_path), frozenset(), datetime.now(UTC), WEEK)
+    assert sorted(summary.removed) == sorted([KEYS["old"], f".{KEYS['old']}.deleting-abc"]) and not summary.errors
+    assert list(tmp_path.iterdir()) == []

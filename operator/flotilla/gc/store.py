@@ -6,7 +6,7 @@ The directory's layout (optimize/repository.py, optimize/pipeline.py):
     <root>/<key>/manifest.json + model dirs   a published artifact ("complete": true, last written)
     <root>/.<key>.partial-XXXX/               a publish in progress (renamed to <key>/ when done)
     <root>/.<key>.work-XXXX/                  an optimization's work directory
-    <root>/.<key>.deleting-PID/               an artifact a sweep is deleting (renamed first)
+    <root>/.<key>.deleting-XXXX/              an artifact a sweep is deleting (renamed first)
     <root>/.exports/<id>/                     the fp32 export cache (reuse_exports)
 
 Only names of these shapes are touched: anything else on the volume (lost+found, a user's
@@ -22,6 +22,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,20 +116,19 @@ class DirectoryStore:
             raise ValueError(f"not an artifact entry: {name!r}")
         # Unpublish first: a rename is atomic, so no reader sees a half-deleted artifact under its
         # key; a sweep cut short leaves a name the next sweep lists (and deletes) again.
+        token = uuid.uuid4().hex[:12]  # unique: a leftover of a pass cut short is never in the way
         if (temp := TEMP.match(name)) is not None:
-            doomed = target.with_name(f".{temp.group(1)}.deleting-{os.getpid()}")
+            doomed = target.with_name(f".{temp.group(1)}.deleting-{token}")
         elif target.parent == self.root:
-            doomed = target.with_name(f".{name}.deleting-{os.getpid()}")
+            doomed = target.with_name(f".{name}.deleting-{token}")
         else:
-            doomed = target.with_name(f".export-deleting-{os.getpid()}-{target.name}")
+            doomed = target.with_name(f".export-deleting-{token}")
         target.rename(doomed)
         shutil.rmtree(doomed)
 
 
-def _is_dir(stat: os.stat_result) -> bool:
-    import stat as stat_module
-
-    return stat_module.S_ISDIR(stat.st_mode)
+def _is_dir(st: os.stat_result) -> bool:
+    return stat.S_ISDIR(st.st_mode)
 
 
 def _stat(path: Path) -> os.stat_result | None:
