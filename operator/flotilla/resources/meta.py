@@ -92,7 +92,7 @@ def stamped(obj: Obj) -> Obj:
     return {**obj, "metadata": {**meta, "annotations": annotations}}
 
 
-# The restricted Pod Security profile every Job pod of ours runs under (the optimizer's, the GC's).
+# The restricted Pod Security profile every pod of ours runs under (optimizer, GC, serving).
 POD_SECURITY: Obj = {
     "runAsNonRoot": True,
     "runAsUser": 1000,

@@ -15,7 +15,7 @@ from flotilla.api.v1alpha1 import (
 from flotilla.config import OperatorConfig
 
 from . import store
-from .meta import Obj, job_name, object_meta, pull_secrets
+from .meta import CONTAINER_SECURITY, POD_SECURITY, Obj, job_name, object_meta, pull_secrets
 
 ARTIFACT_MOUNT = "/artifacts"
 # With the S3 store the artifact is built in the pod's scratch space, then uploaded.
@@ -150,11 +150,7 @@ def _container(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
         # The optimizer writes its summary here; the operator reads it from the pod status.
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": dict(CONTAINER_SECURITY),
     }
     if ref := model.spec.source.credentials_secret_ref:
         container["envFrom"] = [{"secretRef": {"name": ref.name}}]
@@ -165,12 +161,7 @@ def build_job(model: SmallModel, key: str, config: OperatorConfig) -> Obj:
     meta = object_meta(model, job_name(model.metadata.name, key), COMPONENT_OPTIMIZER, **{LABEL_ARTIFACT_KEY: key})
     pod_spec: Obj = {
         "restartPolicy": "Never",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": dict(POD_SECURITY),
         "containers": [_container(model, key, config)],
         "volumes": _volumes(model, config),
         **_gpu_placement(model),

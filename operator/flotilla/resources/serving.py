@@ -25,7 +25,16 @@ from flotilla.api.v1alpha1 import (
 from flotilla.config import OperatorConfig
 
 from . import store
-from .meta import Obj, config_map_name, deployment_name, labels, object_meta, pull_secrets
+from .meta import (
+    CONTAINER_SECURITY,
+    POD_SECURITY,
+    Obj,
+    config_map_name,
+    deployment_name,
+    labels,
+    object_meta,
+    pull_secrets,
+)
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_REPOSITORY = "/models"
@@ -111,13 +120,6 @@ def _probe(path: str, period: int, failures: int) -> Obj:
     }
 
 
-CONTAINER_SECURITY: Obj = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-}
-
-
 def _fetch_resources(model: SmallModel) -> Obj:
     """The download needs CPU for checksums and no GPU: the model's requests, no device limits."""
     res = model.spec.serving.resources
@@ -163,7 +165,7 @@ def _container(model: SmallModel, key: str, model_dir: str, config: OperatorConf
             },
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": CONTAINER_SECURITY,
+        "securityContext": dict(CONTAINER_SECURITY),
     }
 
 
@@ -200,12 +202,7 @@ def build_deployment(model: SmallModel, revision: str, key: str, model_dir: str,
     pod_labels = labels(model, COMPONENT_SERVER, **extra)
     pod_spec: Obj = {
         "terminationGracePeriodSeconds": config.termination_grace_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": dict(POD_SECURITY),
         "containers": [_container(model, key, model_dir, config)],
         "volumes": [
             *store.serving_volumes(config),
@@ -215,7 +212,7 @@ def build_deployment(model: SmallModel, revision: str, key: str, model_dir: str,
         **_placement(model, revision, config),
     }
     if store.uses_s3(config):
-        pod_spec["initContainers"] = [store.fetch_container(key, config, CONTAINER_SECURITY, _fetch_resources(model))]
+        pod_spec["initContainers"] = [store.fetch_container(key, config, _fetch_resources(model))]
     if config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = pull_secrets(config.image_pull_secrets)
     return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flotilla.config import OperatorConfig
 
-from .meta import Obj
+from .meta import CONTAINER_SECURITY, Obj
 
 CA_MOUNT = "/etc/flotilla/s3-ca"
 CA_KEY = "ca.crt"
@@ -87,7 +87,7 @@ def serving_volumes(config: OperatorConfig) -> list[Obj]:
     return [*volumes, *s3_volumes(config)]
 
 
-def fetch_container(key: str, config: OperatorConfig, security: Obj, resources: Obj) -> Obj:
+def fetch_container(key: str, config: OperatorConfig, resources: Obj) -> Obj:
     """The init container that downloads the artifact and checks every file's sha256 against its
     manifest before Triton starts; a mismatch or a store error ends it with the reason in its
     termination message (the Ready condition shows it), and the kubelet retries with backoff."""
@@ -106,5 +106,5 @@ def fetch_container(key: str, config: OperatorConfig, security: Obj, resources: 
         "volumeMounts": [*mounts, *s3_mounts(config)],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": security,
+        "securityContext": dict(CONTAINER_SECURITY),
     }
