@@ -220,13 +220,7 @@ class Kube:
         return [job.to_dict() async for job in self.client.list(Job, namespace=namespace, labels=dict(labels))]
 
     async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self._count("get", "Job")
-        try:
-            return (await self.client.get(Job, name, namespace=namespace)).to_dict()
-        except ApiError as err:
-            if err.status.code == 404:
-                return None
-            raise
+        return await self._get_or_none(Job, "Job", namespace, name)
 
     async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         self._count("list", "Pod")
@@ -234,9 +228,13 @@ class Kube:
         return [pod.to_dict() async for pod in self.client.list(Pod, namespace=namespace, labels=selector)]
 
     async def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self._count("get", "PersistentVolumeClaim")
+        return await self._get_or_none(PersistentVolumeClaim, "PersistentVolumeClaim", namespace, name)
+
+    async def _get_or_none(self, resource: Any, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as a dict, or None where the API server says 404."""
+        self._count("get", kind)
         try:
-            return (await self.client.get(PersistentVolumeClaim, name, namespace=namespace)).to_dict()
+            return dict((await self.client.get(resource, name, namespace=namespace)).to_dict())
         except ApiError as err:
             if err.status.code == 404:
                 return None
