@@ -7,7 +7,10 @@ and leaves it running afterwards (`make test` and `make cluster-down` stop it);
 
 Tests marked `cluster_restart` (they stop or re-create the cluster, losing its data) are
 moved after every other test of the session, so session fixtures that installed something
-(a CRD, say) never see it vanish mid-run.
+(a CRD, say) never see it vanish mid-run. Just before them come the tests that use the
+session's process node (`process_node`, e2e/processnode): once it has registered, the
+scheduler may bind any later test's untargeted pod to it, where the pod really runs (a
+KWOK-style pod that never gets Ready), so no KWOK-only test may follow it.
 
 `prometheus_factory` starts real Prometheus servers (`factory(config) -> Prometheus`, with
 `.url`), stopped after the test. `gateway_api` / `no_gateway_api` make the Gateway API CRDs
@@ -50,8 +53,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if {"cluster", "namespace", "gateway_api", "no_gateway_api"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
     # A re-created cluster has lost whatever session fixtures put there (CRDs, operators'
-    # namespaces), so tests that restart it go last, in their original order.
-    items.sort(key=lambda item: item.get_closest_marker(RESTART_MARKER) is not None)
+    # namespaces), so tests that restart it go last, in their original order; those on the
+    # process node go just before them (see the module docstring).
+    items.sort(key=_phase)
+
+
+def _phase(item: pytest.Item) -> tuple[bool, bool]:
+    restarts = item.get_closest_marker(RESTART_MARKER) is not None
+    return restarts, "process_node" in getattr(item, "fixturenames", ())
 
 
 @pytest.fixture(scope="session")

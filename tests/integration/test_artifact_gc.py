@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from localcluster.cluster import Cluster, wait_for
-from processnode.pytest_plugin import process_node  # noqa: F401  (the session's process node)
 
 from .conftest import Operator, get
 from .test_operator import SPEC, apply, key_for, manifest, wait_condition
@@ -54,7 +53,7 @@ def test_a_gc_pass_deletes_exactly_the_unreferenced_old_artifacts_and_says_so_on
     operator_with: Callable[..., Operator],
     namespace: str,
     artifact_store: str,
-    process_node: Any,  # noqa: F811
+    process_node: Any,
 ) -> None:
     root = Path(f"/tmp/flotilla-pv/{namespace}")
     shutil.rmtree(root, ignore_errors=True)

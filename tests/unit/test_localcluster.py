@@ -432,6 +432,34 @@ def test_namespace_names_are_unique_dns_labels() -> None:
 # ---------------------------------------------------------------- Prometheus
 
 
+def test_process_node_tests_run_after_every_kwok_only_test_and_before_restarts() -> None:
+    """Once the process node has registered, an untargeted pod of a later KWOK-only test may be
+    bound to it and really run there (never Ready): CI lost 11 tests that way."""
+    from localcluster.pytest_plugin import RESTART_MARKER, pytest_collection_modifyitems
+
+    class Item:
+        def __init__(self, name: str, fixtures: tuple[str, ...], restart: bool = False) -> None:
+            self.name, self.fixturenames, self.restart, self.markers = name, fixtures, restart, []
+
+        def add_marker(self, marker: object) -> None:
+            self.markers.append(marker)
+
+        def get_closest_marker(self, name: str) -> object | None:
+            return object() if name == RESTART_MARKER and self.restart else None
+
+    items = [
+        Item("gc", ("cluster", "process_node")),
+        Item("restart", ("cluster",), restart=True),
+        Item("kwok", ("cluster", "namespace")),
+        Item("pure", ()),
+        Item("e2e", ("cluster", "process_node")),
+        Item("kwok2", ("namespace",)),
+    ]
+    pytest_collection_modifyitems(items)  # type: ignore[arg-type]
+    assert [i.name for i in items] == ["kwok", "pure", "kwok2", "gc", "e2e", "restart"]
+    assert all(i.markers for i in items if i.name != "pure")  # every cluster user is marked
+
+
 def test_prometheus_module_version_maps_to_its_release() -> None:
     assert build.prometheus_release("v0.316.0") == "3.16.0"
     assert build.prometheus_release("v0.305.12") == "3.5.12"
