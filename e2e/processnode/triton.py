@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flotilla.local.triton import TritonError, find_install, prepare_backends
+from flotilla.local.triton import TritonError, find_install, prepare_backends, python_libdir
 
 from .images import ImageError
 
@@ -31,7 +31,10 @@ class TritonRuntime:
     backends: Path
 
     def env(self, inherited_ld_path: str = "") -> dict[str, str]:
-        paths = [str(self.libs), *([inherited_ld_path] if inherited_ld_path else [])]
+        # This interpreter's libpython first, as flotilla.local.triton.library_path explains.
+        libpython = python_libdir()
+        paths = [*([str(libpython)] if libpython else []), str(self.libs)]
+        paths += [inherited_ld_path] if inherited_ld_path else []
         return {"LD_LIBRARY_PATH": ":".join(paths)}
 
     def argv(self, argv: Sequence[str], pod_ip: str) -> list[str]:

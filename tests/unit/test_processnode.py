@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import psutil
 import pytest
 
+from flotilla.local.triton import python_libdir
 from processnode import envvars, images, ipam, node, paths, policy, probes, process, provisioner, quantity, status
 from processnode.cli import config_from_args, parser
 from processnode.config import NODE_LABEL, AgentConfig
@@ -582,7 +583,9 @@ def test_triton_gets_backends_and_binds_to_the_pod_ip() -> None:
     assert "--backend-directory=/s/backends" in argv
     assert argv.count("--http-address=198.18.0.3") == 1  # the container's own choice is kept
     assert "--grpc-address=198.18.0.3" in argv and "--metrics-address=198.18.0.3" in argv
-    assert runtime.env("/x")["LD_LIBRARY_PATH"] == "/w/libs:/x"
+    # This interpreter's libpython first (the stub must load the libpython its stdlib is for).
+    libpython = python_libdir()
+    assert runtime.env("/x")["LD_LIBRARY_PATH"] == ":".join([*([str(libpython)] if libpython else []), "/w/libs", "/x"])
 
 
 def test_cli_builds_the_config() -> None:

@@ -5,7 +5,13 @@ see DESIGN.md):
 - LD_LIBRARY_PATH with the wheel's `nvidia_pytriton.libs`;
 - a backend directory whose `python/` also holds `triton_python_backend_stub` for this Python
   version (the wheel keeps the stubs apart, under `python_backend_stubs/<major.minor>/`);
-- this virtualenv's bin first on PATH, so the stub imports numpy (< 2) and onnxruntime from it.
+- this virtualenv's bin first on PATH, so the stub imports numpy (< 2) and onnxruntime from it;
+- this interpreter's own libpython first on LD_LIBRARY_PATH (`python_libdir`): the stub is linked
+  against the soname libpython3.11.so.1.0, which the loader otherwise finds in /lib (the
+  system's Python, e.g. Debian's 3.11.2) while the stub's sys.path is this virtualenv's base
+  interpreter's stdlib (e.g. pyenv's 3.11.7). Those extension modules do not load into an older
+  patch release's libpython (`_ssl...so: undefined symbol: _PyModule_Add`), so `import ssl`
+  failed inside the stub and with it urllib3, botocore and transformers (via accelerate).
 
 `start()` binds HTTP, gRPC and metrics to free loopback ports, loads the named models with
 explicit model control, waits until the server and every model are ready, and returns a
@@ -84,9 +90,27 @@ def free_port() -> int:
         return port
 
 
+def python_libdir() -> Path | None:
+    """The directory of this interpreter's shared libpython, when it was built with one: the
+    Python backend stub must load the same libpython as the stdlib on its sys.path."""
+    import sysconfig
+
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not libdir or not soname:
+        return None
+    return Path(libdir) if (Path(libdir) / soname).exists() else None
+
+
+def library_path(install: TritonInstall, inherited: str = "") -> str:
+    """LD_LIBRARY_PATH for tritonserver and its stubs: this interpreter's libpython, the wheel's libs."""
+    libpython = python_libdir()
+    paths = [*([str(libpython)] if libpython else []), str(install.libs), *([inherited] if inherited else [])]
+    return os.pathsep.join(paths)
+
+
 def server_env(install: TritonInstall, python_bin: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    env["LD_LIBRARY_PATH"] = library_path(install, env.get("LD_LIBRARY_PATH", ""))
     bin_dir = str(python_bin or Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
     # Triton's python backend sizes its shared memory for big tensors; keep the default region
