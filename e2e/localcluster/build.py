@@ -397,6 +397,17 @@ def groups(versions: Versions, with_kubectl: bool) -> list[Group]:
         ),
         # For users with Docker: `make kind-demo` (e2e/kind/). Here only built and its config checked.
         Group("kind", versions.kind, ("kind",), build_installed({"kind": "sigs.k8s.io/kind"}, versions.kind)),
+        # Test tool: the real S3 server of the object-store tests (e2e/localcluster/s3server.py).
+        Group(
+            "versitygw",
+            versions.versitygw,
+            ("versitygw",),
+            build_installed(
+                {"versitygw": "github.com/versity/versitygw/cmd/versitygw"},
+                versions.versitygw,
+                f"-s -w -X main.Version={versions.versitygw}",
+            ),
+        ),
         # Test tool: kind's own config loader and validation (tests/unit/test_kind.py).
         Group("kindconfig", kindconfig_version(), ("kindconfig",), build_tool("kindconfig")),
     ]

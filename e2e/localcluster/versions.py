@@ -27,6 +27,7 @@ class Versions:
     prometheus_operator: str = ""
     kind: str = ""
     kind_node_image: str = ""
+    versitygw: str = ""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -55,6 +56,7 @@ def load_versions(path: Path = VERSIONS_FILE) -> Versions:
             prometheus_operator=values["PROMETHEUS_OPERATOR_VERSION"],
             kind=values["KIND_VERSION"],
             kind_node_image=values["KIND_NODE_IMAGE"],
+            versitygw=values["VERSITYGW_VERSION"],
         )
     except KeyError as missing:
         raise SystemExit(f"{path}: missing {missing.args[0]}") from None

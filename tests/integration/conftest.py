@@ -249,3 +249,38 @@ def watch(crd: Cluster, namespace: str) -> Iterator[Watch]:
     yield w
     w.stop.set()
     w.thread.join()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 server (versitygw, posix backend) on a free port; no cluster needed."""
+    from localcluster import s3server
+
+    server = s3server.start(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh bucket on that server and S3Settings for it (also as FLOTILLA_S3_* in the env)."""
+    import uuid
+
+    from flotilla.objectstore import S3Settings
+
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.restart()  # a test may have stopped it
+    s3_server.create_bucket(bucket)
+    env = {
+        "FLOTILLA_S3_ENDPOINT": s3_server.endpoint,
+        "FLOTILLA_S3_BUCKET": bucket,
+        "FLOTILLA_S3_PREFIX": "fleet/",
+        "FLOTILLA_S3_PATH_STYLE": "true",
+        "FLOTILLA_S3_ACCESS_KEY_ID": s3_server.access_key,
+        "FLOTILLA_S3_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "FLOTILLA_S3_MAX_ATTEMPTS": "2",
+        "FLOTILLA_S3_CONNECT_TIMEOUT_SECONDS": "2",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return S3Settings()

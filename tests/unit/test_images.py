@@ -103,3 +103,11 @@ def test_the_cache_key_follows_the_inputs_and_the_mtime_clamp() -> None:
     assert images.cache_key(plan, 100) == images.cache_key(plan, 100)
     assert images.cache_key(plan, 100) != images.cache_key(plan, 101)
     assert plan.layer == "optimizer-deps"
+
+
+def test_the_images_that_run_the_s3_client_have_boto3() -> None:
+    # the fetch-artifact init container runs in the operator image (config.artifact_fetch_image),
+    # the Job's upload and the GC Job's S3 pass in the optimizer image
+    for name in ("operator", "optimizer"):
+        requirements = set(images.read_list(images.IMAGES_DIR / name / "requirements.txt"))
+        assert {"boto3", "pydantic-settings"} <= requirements, name

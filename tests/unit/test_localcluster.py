@@ -120,7 +120,7 @@ def test_versions_file_pins_every_group() -> None:
         "kstatus",
         "actionlint",
     ]
-    names += ["kind", "kindconfig"]
+    names += ["kind", "versitygw", "kindconfig"]
     assert [g.name for g in groups] == names
     assert all(g.version.startswith("v") for g in groups)
     assert "kubectl" not in groups[0].binaries

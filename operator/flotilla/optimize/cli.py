@@ -1,7 +1,8 @@
 """`python -m flotilla optimize ...`: the optimization Job's entry point.
 
-Exit status 0: an artifact is at --out (built now or reused). Non-zero: nothing was
-published; the reason is in the termination message (ArtifactSummary with ok=false), and
+Exit status 0: an artifact is at --out (built now or reused), and with --upload-key it is
+complete in the S3 store (uploaded now, manifest last, or found complete there: then nothing is
+built). Non-zero: nothing was published; the reason is in the termination message (ArtifactSummary with ok=false), and
 stdout's last line is the same JSON either way.
 """
 
@@ -13,6 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from flotilla.api.v1alpha1 import AccuracyBudget, ArtifactSummary, CalibrationSpec
 from flotilla.triton.config import TASKS
@@ -29,6 +31,12 @@ EXIT_CODES = {
     "InvalidArguments": 2,
     "OutOfDisk": 6,
     "OptimizerError": 1,
+    # The S3 store's (flotilla.objectstore.EXIT_CODES): retried, never permanent.
+    "StoreCredentialsInvalid": 10,
+    "StoreBucketMissing": 11,
+    "StoreUnreachable": 12,
+    "ArtifactChecksumMismatch": 13,
+    "ArtifactMissing": 14,
 }
 
 
@@ -79,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out sentences of the screening pass that drops clearly failing candidates (0: none)",
     )
     p.add_argument("--work-dir", type=Path, default=None, help="scratch space (default: beside --out)")
+    p.add_argument(
+        "--upload-key",
+        default=None,
+        help="S3 store (FLOTILLA_S3_* settings): upload --out as this key, manifest last; skip the build "
+        "when the key is already complete there",
+    )
     p.add_argument("--export-cache", type=Path, default=None, help="reuse fp32 exports kept here (tests, benchmarks)")
     return p
 
@@ -146,6 +160,44 @@ def _request(args: argparse.Namespace) -> object:
     )
 
 
+def _run(args: argparse.Namespace) -> ArtifactSummary:
+    from .pipeline import optimize
+
+    request = _request(args)
+    if args.upload_key:
+        return _run_with_store(args.upload_key, request)
+    summary, _ = optimize(request)  # type: ignore[arg-type]
+    return summary
+
+
+def _run_with_store(key: str, request: Any) -> ArtifactSummary:
+    """Build into --out and upload it as `key`, unless the store already holds it complete.
+    Store failures end the run with the store's reason (flotilla.objectstore.StoreError)."""
+    from pydantic import ValidationError
+
+    from flotilla.objectstore import Meter, S3Settings, StoreError, artifact_complete, read_manifest, upload_artifact
+
+    from .pipeline import optimize, summary_from_manifest
+
+    try:
+        settings = S3Settings()
+    except ValidationError as exc:
+        raise OptimizeError("InvalidArguments", f"--upload-key needs the FLOTILLA_S3_* settings: {exc}") from exc
+    where = f"s3://{settings.bucket}/{settings.object_key(key)}"
+    try:
+        if artifact_complete(settings, key):
+            log(f"artifact {key} is already complete at {where}: not building it again")
+            return summary_from_manifest(read_manifest(settings, key))
+        summary, _ = optimize(request)
+        log(f"uploading {request.out} to {where} (manifest last)")
+        meter = Meter(f"upload {where}", say=log)
+        upload_artifact(settings, key, request.out, progress=meter)
+        log(meter.line())
+    except StoreError as err:
+        raise OptimizeError(err.reason, err.message) from err
+    return summary
+
+
 def _calibration(args: argparse.Namespace) -> CalibrationSpec | None:
     if args.calibration is None:
         return None
@@ -184,9 +236,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         args = build_parser().parse_args(list(argv))
         explicit_path = args.termination_message_path
-        from .pipeline import optimize
-
-        summary, _ = optimize(_request(args))  # type: ignore[arg-type]
+        summary = _run(args)
     except OptimizeError as exc:
         log(f"FAILED ({exc.reason}): {exc.message}")
         emit(

@@ -67,7 +67,7 @@ def _from_hub(repo: str, revision: str | None, uri: str) -> Path:
 
 def _from_s3(uri: str, workdir: Path) -> Path:
     try:
-        import boto3  # type: ignore[import-not-found,unused-ignore]
+        import boto3
     except ImportError as exc:
         raise OptimizeError("SourceUnavailable", f"source {uri}: s3:// needs the optional 's3' extra (boto3)") from exc
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
