@@ -137,6 +137,18 @@ class S3Server:
             config=Config(s3={"addressing_style": "path"}),
         )
 
+    def add_user(self, access_key: str, secret_key: str, role: str = "user") -> None:
+        """Another account in the server's internal IAM (`versitygw admin create-user`). Role
+        `user` reaches only the buckets it owns: the root's buckets answer it AccessDenied."""
+        argv = [str(binary()), "admin", "--access", self.access_key, "--secret", self.secret_key]
+        argv += ["--endpoint-url", self.endpoint]
+        if self.tls:
+            argv.append("--allow-insecure")
+        argv += ["create-user", "--access", access_key, "--secret", secret_key, "--role", role]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"versitygw admin create-user: {proc.stdout}{proc.stderr}")
+
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
 

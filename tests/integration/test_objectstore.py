@@ -153,6 +153,18 @@ def test_wrong_credentials(s3: S3Settings, tmp_path: Path) -> None:
     assert err.value.reason == "StoreCredentialsInvalid"
 
 
+def test_an_account_without_access_to_the_bucket_is_credentials_invalid(
+    s3: S3Settings, s3_server: Any, tmp_path: Path
+) -> None:
+    upload_artifact(s3, KEY, _artifact(tmp_path / "src"))
+    s3_server.add_user("other-team", "other-secret")  # a real account, not the bucket's owner
+    other = _with(s3, {"access_key_id": "other-team", "secret_access_key": "other-secret"})
+    with pytest.raises(StoreError) as err:
+        fetch_artifact(other, KEY, tmp_path / "dest")
+    assert err.value.reason == "StoreCredentialsInvalid" and "AccessDenied" in err.value.message
+    assert not (tmp_path / "dest").exists()
+
+
 def test_a_missing_bucket(s3: S3Settings, tmp_path: Path) -> None:
     gone = _with(s3, {"bucket": "no-such-bucket-here"})
     for call in (
