@@ -7,8 +7,8 @@ Go modules (group `versitygw`), its posix backend on a directory of the caller's
     server.stop()
 
 With the posix backend an object is a plain file: `<data_dir>/<bucket>/<key>`, so a test can
-corrupt a stored object by writing that file. The root account is the only account (the
-server's internal IAM keeps other accounts in `<dir>/iam`; `add_user` creates one).
+corrupt a stored object by writing that file. The root account is `.access_key`/`.secret_key`; the
+server's internal IAM keeps other accounts in `<dir>/iam` (`add_user` creates one).
 """
 
 from __future__ import annotations

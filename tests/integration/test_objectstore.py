@@ -245,8 +245,11 @@ def test_a_corrupt_cache_entry_is_fetched_again(s3: S3Settings, tmp_path: Path) 
     assert (cache / KEY / "embed" / "1" / "tokenizer.json").read_text() == '{"v": 1}'
 
 
-def _cli(tmp_path: Path, key: str, *extra: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def _cli(
+    tmp_path: Path, key: str, *extra: str, env: dict[str, str] | None = None, dest: Path | None = None
+) -> tuple[int, str, str]:
     log = tmp_path / f"termination-{time.monotonic_ns()}"
+    dest = dest or tmp_path / f"dest-{time.monotonic_ns()}"
     proc = subprocess.run(
         [
             sys.executable,
@@ -256,7 +259,7 @@ def _cli(tmp_path: Path, key: str, *extra: str, env: dict[str, str] | None = Non
             "--key",
             key,
             "--dest",
-            str(tmp_path / f"dest-{time.monotonic_ns()}"),
+            str(dest),
             "--termination-message-path",
             str(log),
             *extra,
@@ -274,9 +277,12 @@ def test_the_cli_exit_codes_and_termination_messages_are_what_the_operator_reads
     s3: S3Settings, s3_server: Any, tmp_path: Path
 ) -> None:
     upload_artifact(s3, KEY, _artifact(tmp_path / "src"))
-    code, err, message = _cli(tmp_path, KEY, "--cache", str(tmp_path / "cache"))
+    dest = tmp_path / "volume"
+    code, err, message = _cli(tmp_path, KEY, "--cache", str(tmp_path / "cache"), dest=dest)
     assert code == 0, err
     assert "MB/s" in err and message == ""
+    # the layout of the artifact claim: the serving container mounts <key>/<model>/1 of the volume
+    assert (dest / KEY / "embed" / "1" / "model.onnx").is_file() and (dest / KEY / MANIFEST).is_file()
     cases = [
         (OTHER, {}, 14, "ArtifactMissing"),
         (KEY, {"FLOTILLA_S3_SECRET_ACCESS_KEY": "wrong"}, 10, "StoreCredentialsInvalid"),

@@ -1,7 +1,8 @@
 """`python -m flotilla.objectstore fetch --key K --dest D [--cache C]`: the fetch-artifact init
-container. Progress on stderr; on failure the reason goes to the termination message as an
-ArtifactSummary (ok=false), the shape flotilla.reconcile.observed reads, and the exit code
-names it (EXIT_CODES: 10-14; 2 bad arguments or settings; 1 anything else)."""
+container; the artifact lands in D/K/ (the serving container mounts D/K/<model>/1). Progress
+on stderr; on failure the reason goes to the termination message as an ArtifactSummary
+(ok=false), the shape flotilla.reconcile.observed reads, and the exit code names it
+(EXIT_CODES: 10-14; 2 bad arguments or settings; 1 anything else)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download and verify an artifact (settings: FLOTILLA_S3_*)")
     fetch.add_argument("--key", required=True)
-    fetch.add_argument("--dest", required=True, type=Path)
+    fetch.add_argument(
+        "--dest",
+        required=True,
+        type=Path,
+        help="the download volume: the artifact goes to DEST/<key>/, the artifact claim's layout, which the "
+        "serving container's subPath mounts (<key>/<model>/1) expect",
+    )
     fetch.add_argument("--cache", type=Path, default=None, help="node cache of verified downloads")
     fetch.add_argument("--termination-message-path", type=Path, default=None)
     return p
@@ -64,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     meter = Meter(f"s3://{settings.bucket}/{settings.object_key(args.key)}")
     try:
-        result = fetch_artifact(settings, args.key, args.dest, args.cache, progress=meter)
+        result = fetch_artifact(settings, args.key, args.dest / args.key, args.cache, progress=meter)
     except StoreError as err:
         _fail(args.key, err.reason, err.message, path)
         return EXIT_CODES[err.reason]
