@@ -218,8 +218,8 @@ def test_the_summary_fits_a_termination_message_and_says_how_much_it_left_out() 
 
 
 def test_the_s3_store_maps_the_objectstore_clients_functions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against the documented signatures of flotilla.objectstore (another piece of issue 14):
-    a stand-in module, since the client is not merged here yet."""
+    """Against the documented signatures of flotilla.objectstore, with a stand-in module (the
+    real client against a real S3 server: tests/integration/test_objectstore.py)."""
     deleted: list[tuple[object, str]] = []
     naive = datetime(2026, 1, 1, 0, 0)
     fake = types.ModuleType("flotilla.objectstore")
