@@ -232,6 +232,6 @@ def test_a_second_replica_starts_from_the_node_cache_with_the_store_down(stack: 
 
     pod = wait_for(second, timeout=300, what="a second replica Ready with the S3 server stopped")
     cached_fetch = _fetch_seconds(pod)
-    print(f"[s3-e2e] second replica: fetch-artifact from the node cache {cached_fetch:.2f} s (first {first_fetch:.2f} s)")
+    print(f"[s3-e2e] second replica: fetch-artifact from the node cache {cached_fetch:.2f} s, 1st {first_fetch:.2f} s")
     assert _embed(pod, ["still answering"])
     assert any(stack.cache.iterdir()), "the node cache is empty"
