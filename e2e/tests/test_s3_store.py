@@ -172,6 +172,14 @@ def _fetch_seconds(pod: dict[str, Any]) -> float:
     return (finished - started).total_seconds()
 
 
+def _start_seconds(pod: dict[str, Any]) -> float:
+    """Pod created -> Ready: the fetch, then tritonserver loading the model (second resolution)."""
+    (ready,) = [c for c in pod["status"]["conditions"] if c["type"] == "Ready"]
+    stamps = (pod["metadata"]["creationTimestamp"], ready["lastTransitionTime"])
+    created, became = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in stamps)
+    return (became - created).total_seconds()
+
+
 def _ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
 
@@ -208,7 +216,8 @@ def test_s3_source_and_store_optimize_serve_and_answer(stack: Stack) -> None:
     names = [o["Key"] for o in s3.list_objects_v2(Bucket=ARTIFACT_BUCKET, Prefix=f"{PREFIX}{key}/").get("Contents", [])]
     assert f"{PREFIX}{key}/manifest.json" in names, names
     (pod,) = [p for p in stack.serving_pods() if _ready(p)]
-    print(f"[s3-e2e] first replica: fetch-artifact (download + verify) {_fetch_seconds(pod):.2f} s")
+    print(f"[s3-e2e] first replica: fetch-artifact (download + verify) {_fetch_seconds(pod):.0f} s")
+    print(f"[s3-e2e] first replica: created -> Ready {_start_seconds(pod):.0f} s")
     paraphrase, same, unrelated = _embed(pod, ["A cat sits on the mat.", "A cat is sitting on a mat.", "Taxes rose."])
 
     def cosine(a: list[float], b: list[float]) -> float:
@@ -232,6 +241,7 @@ def test_a_second_replica_starts_from_the_node_cache_with_the_store_down(stack: 
 
     pod = wait_for(second, timeout=300, what="a second replica Ready with the S3 server stopped")
     cached_fetch = _fetch_seconds(pod)
-    print(f"[s3-e2e] second replica: fetch-artifact from the node cache {cached_fetch:.2f} s, 1st {first_fetch:.2f} s")
+    print(f"[s3-e2e] second replica: fetch-artifact from the node cache {cached_fetch:.0f} s, 1st {first_fetch:.0f} s")
+    print(f"[s3-e2e] second replica: created -> Ready {_start_seconds(pod):.0f} s, 1st {_start_seconds(first):.0f} s")
     assert _embed(pod, ["still answering"])
     assert any(stack.cache.iterdir()), "the node cache is empty"
