@@ -258,3 +258,25 @@ def test_gateway_image_starts(built: dict[str, images.Built], bundle_root: Path)
     assert code == 0, container.log()[-4000:]
     assert (bundle / "rootfs" / images.SITE / "aiohttp").is_dir()
     assert not (bundle / "rootfs" / images.SITE / "kopf").exists()
+
+
+def test_operator_image_runs_the_fetch_init_container(built: dict[str, images.Built], bundle_root: Path) -> None:
+    """The S3 store's fetch-artifact init container runs the operator image (artifact_fetch_image):
+    its client and boto3 import there, and an unreachable store is its reason and exit code
+    (12), not an ImportError."""
+    bundle, config = bundle_of(built, bundle_root, "operator")
+    args = ["python", "-m", "flotilla.objectstore", "fetch", "--key", "k" * 20, "--dest", "/tmp/artifact"]
+    env = {
+        "FLOTILLA_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "FLOTILLA_S3_BUCKET": "artifacts",
+        "FLOTILLA_S3_MAX_ATTEMPTS": "1",
+        "FLOTILLA_S3_ACCESS_KEY_ID": "x",
+        "FLOTILLA_S3_SECRET_ACCESS_KEY": "y",
+    }
+    container = Container(bundle, config, args, env).start()
+    code = container.wait(timeout=120)
+    container.stop()
+    log = container.log()
+    assert code == 12, log[-4000:]
+    assert "StoreUnreachable" in log and "Traceback" not in log, log[-4000:]
+    assert (bundle / "rootfs" / images.SITE / "boto3").is_dir()
