@@ -79,9 +79,9 @@ def namespace_name(test_name: str) -> str:
     return f"t-{slug}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = namespace_name(request.node.name)
+def create_namespace(cluster: Cluster, name: str) -> str:
+    """Create the namespace and return it once pods can be created in it (for module-scoped
+    fixtures that cannot use the per-test `namespace`)."""
     cluster.kubectl("create", "namespace", name)
     # Pods are rejected until kube-controller-manager has created the namespace's default
     # ServiceAccount; waiting here keeps that race out of every test.
@@ -90,6 +90,12 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         timeout=NAMESPACE_READY_TIMEOUT_S,
         what=f"ServiceAccount default in {name}",
     )
+    return name
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = create_namespace(cluster, namespace_name(request.node.name))
     yield name
     # Do not wait: the namespace controller finishes in the background, and a pod bound to a
     # node nobody runs (no KWOK, no process node) would hold the namespace in Terminating.

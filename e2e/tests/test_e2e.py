@@ -35,12 +35,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import processnode
 from demo.client import generate, ready_endpoints
-from demo.context import EXAMPLE, REPO
+from demo.context import EXAMPLE
 from flotilla.api.v1alpha1 import COMPONENT_SERVER, LABEL_COMPONENT, LABEL_MODEL
 from flotilla.gateway.testing import GatewayProcess
 from flotilla.testing import OperatorProcess
 from localcluster import procs
 from localcluster.cluster import Cluster, wait_for
+from localcluster.pytest_plugin import create_namespace
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 MODEL = "chat"
@@ -90,17 +91,9 @@ def smallmodel(spec_overrides: dict[str, Any] | None = None, name: str = MODEL) 
 
 @pytest.fixture(scope="module")
 def stack(
-    cluster: Cluster, process_node: processnode.ProcessNode, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, process_node: processnode.ProcessNode, tmp_path_factory: pytest.TempPathFactory, crds: None
 ) -> Iterator[Stack]:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/smallmodels.flotilla.dev", "--timeout=60s")
-    namespace = f"e2e-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
-    wait_for(
-        lambda: cluster.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0,
-        timeout=60,
-        what="the namespace's default ServiceAccount",
-    )
+    namespace = create_namespace(cluster, f"e2e-{uuid.uuid4().hex[:6]}")
     selector = json.dumps(process_node.node_selector)
     operator = OperatorProcess(
         cluster.kubeconfig,

@@ -31,6 +31,7 @@ from flotilla.api.v1alpha1 import COMPONENT_SERVER, LABEL_COMPONENT, LABEL_MODEL
 from flotilla.testing import OperatorProcess
 from localcluster import s3server
 from localcluster.cluster import Cluster, wait_for
+from localcluster.pytest_plugin import create_namespace
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 MODEL = "embed"
@@ -93,23 +94,13 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(
-    cluster: Cluster, process_node: processnode.ProcessNode, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, process_node: processnode.ProcessNode, tmp_path_factory: pytest.TempPathFactory, crds: None
 ) -> Iterator[Stack]:
-    from demo.context import REPO
-
     workdir = tmp_path_factory.mktemp("s3-e2e")
     server = s3server.start(workdir / "s3")
     try:
         source = _upload_source(server, workdir)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/smallmodels.flotilla.dev", "--timeout=60s")
-        namespace = f"e2e-s3-{uuid.uuid4().hex[:6]}"
-        cluster.kubectl("create", "namespace", namespace)
-        wait_for(
-            lambda: cluster.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0,
-            timeout=60,
-            what="the namespace's default ServiceAccount",
-        )
+        namespace = create_namespace(cluster, f"e2e-s3-{uuid.uuid4().hex[:6]}")
         keys = {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_secret("store-credentials", keys))
         source_keys = {**keys, "AWS_ENDPOINT_URL": server.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
