@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flotilla.local.triton import TritonError, find_install, prepare_backends, python_libdir
+from flotilla.local.triton import TritonError, find_install, library_path, prepare_backends
 
 from .images import ImageError
 
@@ -31,11 +31,7 @@ class TritonRuntime:
     backends: Path
 
     def env(self, inherited_ld_path: str = "") -> dict[str, str]:
-        # This interpreter's libpython first, as flotilla.local.triton.library_path explains.
-        libpython = python_libdir()
-        paths = [*([str(libpython)] if libpython else []), str(self.libs)]
-        paths += [inherited_ld_path] if inherited_ld_path else []
-        return {"LD_LIBRARY_PATH": ":".join(paths)}
+        return {"LD_LIBRARY_PATH": library_path(self.libs, inherited_ld_path)}
 
     def argv(self, argv: Sequence[str], pod_ip: str) -> list[str]:
         """The container's argv with the binary's path and what a netns would have given."""

@@ -101,16 +101,17 @@ def python_libdir() -> Path | None:
     return Path(libdir) if (Path(libdir) / soname).exists() else None
 
 
-def library_path(install: TritonInstall, inherited: str = "") -> str:
-    """LD_LIBRARY_PATH for tritonserver and its stubs: this interpreter's libpython, the wheel's libs."""
+def library_path(libs: Path, inherited: str = "") -> str:
+    """LD_LIBRARY_PATH for tritonserver and its stubs: this interpreter's libpython, the wheel's
+    libs (`libs`), then what was inherited."""
     libpython = python_libdir()
-    paths = [*([str(libpython)] if libpython else []), str(install.libs), *([inherited] if inherited else [])]
+    paths = [*([str(libpython)] if libpython else []), str(libs), *([inherited] if inherited else [])]
     return os.pathsep.join(paths)
 
 
 def server_env(install: TritonInstall, python_bin: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = library_path(install, env.get("LD_LIBRARY_PATH", ""))
+    env["LD_LIBRARY_PATH"] = library_path(install.libs, env.get("LD_LIBRARY_PATH", ""))
     bin_dir = str(python_bin or Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
     # Triton's python backend sizes its shared memory for big tensors; keep the default region
