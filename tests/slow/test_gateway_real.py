@@ -170,3 +170,57 @@ def test_a_client_that_leaves_mid_stream_frees_the_upstream_slot(gateway: str, t
         f"the abandoned stream's execution took {left_ns / full_ns:.2f} of a full 256-token one: "
         "the cancellation did not reach the model"
     )
+
+
+def client_for(gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway, api_key="none", max_retries=0, timeout=300)
+
+
+def test_seeds_and_stop_sequences_through_the_openai_client(gateway: str) -> None:
+    client = client_for(gateway)
+
+    def sampled(seed: int) -> str:
+        answer = client.completions.create(
+            model="chat", prompt="Write a sentence about a dragon.", max_tokens=24, temperature=0.8, seed=seed
+        )
+        return answer.choices[0].text
+
+    first = sampled(1)
+    assert sampled(1) == first  # the same seed, the same text
+    assert first not in {sampled(2), sampled(3)}  # and the seed is used: other seeds, other text
+    days = {"model": "chat", "prompt": "List the days of the week, one per line.", "max_tokens": 40, "temperature": 0}
+    full = client.completions.create(**days).choices[0].text  # type: ignore[call-overload]
+    assert "Wednesday" in full, full
+    cut = client.completions.create(**days, stop=["Wednesday", "no such stop"]).choices[0]  # type: ignore[call-overload]
+    assert cut.text == full[: full.index("Wednesday")] and cut.finish_reason == "stop"
+
+
+def test_embeddings_through_the_gateway_put_paraphrases_closer(gateway: str) -> None:
+    texts = ["The cat sat on the mat.", "A cat was sitting on the rug.", "Quarterly revenue grew by eight percent."]
+    data = client_for(gateway).embeddings.create(model="embed", input=texts).data
+    vectors = [d.embedding for d in sorted(data, key=lambda d: d.index)]
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(a, b, strict=True))
+        return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
+
+
+def test_errors_reach_the_openai_client_with_their_status_and_parameter(gateway: str) -> None:
+    client = client_for(gateway)
+    hello = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=hello)  # type: ignore[arg-type]
+    assert "no-such-model" in str(missing.value)
+    with pytest.raises(openai.BadRequestError) as hot:
+        client.chat.completions.create(model="chat", messages=hello, temperature=5)  # type: ignore[arg-type]
+    assert isinstance(hot.value.body, dict) and hot.value.body.get("param") == "temperature"
+    with pytest.raises(openai.BadRequestError) as long:
+        client.chat.completions.create(model="chat", messages=hello, max_tokens=10**6)  # type: ignore[arg-type]
+    assert isinstance(long.value.body, dict) and long.value.body.get("param") == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as wrong_task:
+        client.embeddings.create(model="chat", input=["a"])
+    assert wrong_task.value.status_code == 400
+    # Still answering after the refusals.
+    assert client.chat.completions.create(model="chat", messages=hello, max_tokens=2).choices  # type: ignore[arg-type]
