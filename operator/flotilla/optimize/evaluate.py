@@ -6,16 +6,17 @@ Accuracy is compared position by position on the same token sequences, so it nee
 - feature-extraction: mean cosine similarity of the sentence embeddings (the served pooling);
 - text-classification: label agreement (top-1) and mean KL of the class distributions.
 
-Speed is measured with all candidates loaded, interleaved round by round, keeping each one's
+Speed is measured from the saved artifacts, interleaved round by round, keeping each one's
 best time: on a shared machine that is the least noisy estimate, and it never favours the
-candidate that happened to run while something else was idle.
+candidate that happened to run while something else was idle. Each round opens one session
+at a time and frees it before the next, so memory holds one candidate, not all of them.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,28 +196,34 @@ def _encoder_feeds(sess: Any, ids: I64) -> dict[str, Any]:
 
 
 def measure_speed(
-    sessions: dict[str, Any], task: str, vocab: int, rounds: int = 3, on_round: Callable[[int], None] | None = None
+    openers: Mapping[str, Callable[[], Any]],
+    task: str,
+    vocab: int,
+    rounds: int = 3,
+    on_round: Callable[[int], None] | None = None,
 ) -> dict[str, SpeedFigures]:
-    """Best-of-`rounds` prefill (batch 1 and 8, 128 tokens) and decode speed of every session."""
+    """Best-of-`rounds` prefill (batch 1 and 8, 128 tokens) and decode speed of every model;
+    `openers` open each one's session (from its saved artifact), called once per round."""
     decoder = task == "text-generation"
     inputs = {b: _random_ids(b, PREFILL_TOKENS, vocab, b) for b in (1, 8)}
-    best: dict[str, dict[str, float]] = {n: {} for n in sessions}
+    best: dict[str, dict[str, float]] = {n: {} for n in openers}
 
     def run(sess: Any, batch: int) -> None:
         ids = inputs[batch]
         feeds = decoder_feeds(sess, ids, np.ones_like(ids)) if decoder else _encoder_feeds(sess, ids)
         sess.run([sess.get_outputs()[0].name], feeds)
 
-    for sess in sessions.values():  # warm-up: first runs allocate and pre-pack weights
-        run(sess, 1)
     for r in range(rounds):
-        for name, sess in sessions.items():
+        for name, open_session in openers.items():
+            sess = open_session()
+            run(sess, 1)  # warm-up: first runs allocate and pre-pack weights
             figures = {
                 "prefill_b1_s": _time(functools.partial(run, sess, 1)),
                 "prefill_b8_s": _time(functools.partial(run, sess, 8)),
             }
             if decoder:
                 figures["decode_s"] = _decode_loop(sess, vocab)
+            del sess  # freed before the next model opens
             for key, value in figures.items():
                 best[name][key] = min(value, best[name].get(key, float("inf")))
         if on_round:

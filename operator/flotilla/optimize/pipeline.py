@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -200,31 +201,22 @@ class _Run:
         shutil.rmtree(prepared.parent, ignore_errors=True)
 
     def evaluate(self, names: list[str], texts: list[str]) -> dict[str, evaluate.AccuracyFigures]:
-        assert self.exported is not None
-        task = self.req.task
-        if not names:
-            return {}
-        with step(f"evaluate {len(names)} candidate(s) on {len(texts)} held-out sentences"):
-            if task == "text-generation":
-                tokenizer = _tokenizer(self.exported.directory)
-                sequences = [list(tokenizer(t)["input_ids"]) for t in texts]
-                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-                ref = evaluate.session(self.paths["fp32"])
-                cands = {n: evaluate.session(self.paths[n]) for n in names}
-                return evaluate.compare_decoders(ref, cands, [s for s in sequences if len(s) > 1], int(pad))
-            engines = {n: _engine(self.exported, self.paths[n]) for n in ["fp32", *names]}
-            ref_engine = engines.pop("fp32")
-            if task == "feature-extraction":
-                return evaluate.compare_embedders(ref_engine, engines, texts)
-            return evaluate.compare_classifiers(ref_engine, engines, texts)
+        label = f"evaluate {len(names)} candidate(s) on {len(texts)} held-out sentences"
+        return {name: figures for name, (figures, _) in self._compare(names, texts, label).items()}
 
     def screen(self, names: list[str], texts: list[str]) -> dict[str, tuple[AccuracyFigures, int]]:
+        return self._compare(names, texts, f"screen {len(names)} candidate(s) on {len(texts)} held-out sentences")
+
+    def _compare(self, names: list[str], texts: list[str], label: str) -> dict[str, tuple[AccuracyFigures, int]]:
         """Each candidate against the reference on `texts`, one candidate session at a time (the
-        reference is recomputed for each: the slice is small, and memory stays at two sessions).
-        Returns figures and the number of positions (texts for encoders) they were measured on."""
+        reference's outputs are recomputed for each, so memory stays at two sessions whatever
+        the number of candidates). Returns figures and the number of positions (texts for
+        encoders) they were measured on."""
         assert self.exported is not None
         out: dict[str, tuple[AccuracyFigures, int]] = {}
-        with step(f"screen {len(names)} candidate(s) on {len(texts)} held-out sentences"):
+        if not names:
+            return out
+        with step(label):
             if self.req.task == "text-generation":
                 tokenizer = _tokenizer(self.exported.directory)
                 sequences = [s for s in (list(tokenizer(t)["input_ids"]) for t in texts) if len(s) > 1]
@@ -249,10 +241,10 @@ class _Run:
     def speed(self, names: list[str]) -> dict[str, SpeedFigures]:
         assert self.exported is not None
         vocab = int(self.exported.metadata.get("vocab_size", 0)) or 1000
-        sessions = {n: evaluate.session(self.paths[n]) for n in ["fp32", *names]}
-        with step(f"measure speed ({self.req.speed_rounds} rounds, {len(sessions)} models)"):
+        openers = {n: functools.partial(evaluate.session, self.paths[n]) for n in ["fp32", *names]}
+        with step(f"measure speed ({self.req.speed_rounds} rounds, {len(openers)} models, one loaded at a time)"):
             return evaluate.measure_speed(
-                sessions, self.req.task, vocab, self.req.speed_rounds, lambda r: log(f"speed round {r} done")
+                openers, self.req.task, vocab, self.req.speed_rounds, lambda r: log(f"speed round {r} done")
             )
 
 
