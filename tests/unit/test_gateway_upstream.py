@@ -349,3 +349,21 @@ def test_a_stream_closed_midway_drops_its_connection() -> None:
         assert accepted == [1]
 
     run(script, check)
+
+
+def test_bytes_past_the_end_of_an_answer_retire_the_connection() -> None:
+    """A pod that sends more than its Content-Length: the answer is read, the connection is not
+    reused (its next answer would start mid-message), and the next request gets a fresh one."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            await read_request(reader)
+            writer.write(answer(GENERATED) + b"HTTP/1.1 2")  # the start of an answer nobody asked for
+            await writer.drain()
+
+    async def check(up: Upstream, ep: Endpoint, accepted: list[int]) -> None:
+        for _ in range(2):
+            assert (await up.generate(ep, "chat", b"{}")).text == "hi"
+        assert accepted == [2]
+
+    run(script, check)

@@ -135,13 +135,17 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.headers_done and not self.framed and not self.complete and self.error is None:
+        if exc is None and self.headers_done and not self.framed and not self.complete and self.error is None:
             self.complete = True  # a body delimited by the end of the connection
         elif not self.complete:
             self._fail(_ClosedError("the pod closed the connection") if exc is None else exc)
         self._wake()
 
     # ------------------------------------------------------------ llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes past the end of the answer: this connection is out of step
+            self.keep = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
@@ -181,6 +185,8 @@ class _Conn(asyncio.Protocol):
         """Write a request and start watching for the pod's silence."""
         assert self.transport is not None
         self._start()
+        if self.lost:  # closed by the pod after the pool looked: fail now, not after the read timeout
+            self._fail(_ClosedError("the pod closed the connection"))
         self.active = True
         self._last = self._loop.time()
         self.transport.write(data)
@@ -247,6 +253,9 @@ class _Conn(asyncio.Protocol):
             else:
                 await self._next()
 
+    def sent_whole(self) -> bool:
+        return self.transport is not None and self.transport.get_write_buffer_size() == 0
+
     def alive(self) -> bool:
         return not self.lost and self.transport is not None and not self.transport.is_closing()
 
@@ -305,7 +314,10 @@ class _Response:
     def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            if conn.complete and conn.keep and not conn.body:
+            # Reused only when the answer was read to its end, the pod keeps the connection, and
+            # the request went out whole (a pod that answered early would read our leftovers
+            # as the next request).
+            if conn.complete and conn.keep and not conn.body and conn.sent_whole():
                 self._upstream._release(conn)
             else:
                 self._upstream._discard(conn)
