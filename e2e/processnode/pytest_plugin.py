@@ -4,7 +4,8 @@ Register with `pytest_plugins = ["processnode.pytest_plugin"]` (beside
 "localcluster.pytest_plugin"). `process_node` (session) starts one agent for the session's
 cluster and stops it at the end, deleting its Node so that pods still bound to it are
 garbage-collected. FLOTILLA_PROCESS_NODE names the node (default local-test); pods select it
-with `process_node.node_selector`.
+with `process_node.node_selector`. `pod_network` (session) makes the pod address range local
+the process node's way, for tests that bind pod addresses themselves without one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,19 @@ from typing import Any
 
 import pytest
 
+from . import network
 from .handle import ProcessNode, ProcessNodeError, start
+
+
+@pytest.fixture(scope="session")
+def pod_network() -> network.PodNetwork:
+    """The range made local as the agent does (adding the route when this process may), so a
+    test does not depend on running after a process node; skipped where Services could not
+    get endpoints."""
+    found = network.setup()
+    if not found.endpoints_work:
+        pytest.skip(found.note)
+    return found
 
 
 @pytest.fixture(scope="session")

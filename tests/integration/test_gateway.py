@@ -82,12 +82,7 @@ class Pods:
 
 
 @pytest.fixture
-def pods() -> Iterator[Pods]:
-    # The process node's own set-up: adds the local route when it may (root), as CI's first
-    # process node would, so these tests do not depend on running after one.
-    pod_network = network.setup()
-    if not pod_network.endpoints_work:
-        pytest.skip(pod_network.note)
+def pods(pod_network: network.PodNetwork) -> Iterator[Pods]:
     p = Pods()
     yield p
     p.stop()

@@ -44,13 +44,8 @@ TRITON_HTTP_PORT = 8000  # the serving pods' port named http (the EndpointSlice'
 
 
 @pytest.fixture
-def ipam() -> Iterator[Ipam]:
-    # The process node's own set-up: adds the local route when it may (root), as CI's first
-    # process node would, so these tests do not depend on running after one.
-    pod_network = network.setup()
-    if not pod_network.endpoints_work:
-        pytest.skip(pod_network.note)
-    pool = Ipam(network.DEFAULT_CIDR)
+def ipam(pod_network: network.PodNetwork) -> Iterator[Ipam]:
+    pool = Ipam(pod_network.cidr)
     yield pool
     pool.release_all()
 
