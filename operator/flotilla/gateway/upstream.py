@@ -356,9 +356,11 @@ class Upstream:
         """Close idle connections past their keep-alive, forget pools of pods that are gone."""
         self._swept = now
         for key, pool in list(self._pools.items()):
-            keep = [c for c in pool.idle if c.reusable(now)]
+            keep = []
             for conn in pool.idle:
-                if conn not in keep:
+                if conn.reusable(now):
+                    keep.append(conn)
+                else:
                     conn.close()
                     pool.open -= 1
             pool.idle = keep
