@@ -25,7 +25,7 @@ from flotilla.api.v1alpha1 import (
 )
 from flotilla.api.v1alpha1.artifact import Accuracy, Speedup
 
-from . import evaluate, recipes, repository, tensorrt
+from . import evaluate, fused, recipes, repository, tensorrt
 from .errors import OptimizeError
 from .evaluate import AccuracyFigures, SpeedFigures
 from .export import Exported, export
@@ -34,7 +34,19 @@ from .select import Candidate, attach_speedups, gate, hopeless, pick, table
 from .source import Source, canonical_uri, resolve, split_revision
 
 CALIBRATION_SENTENCES = 32
-LIBRARIES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy", "tritonclient")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-genai",
+    "numpy",
+    "tritonclient",
+)
+# Which graph a candidate was built from (manifest "graph", flotilla.json padding_side).
+OPTIMUM_GRAPH, FUSED_GRAPH = "optimum", "fused"
 
 
 @dataclass
@@ -151,12 +163,16 @@ class _Run:
         self.key = key
         self.work = work
         self.exported: Exported | None = None
+        self.source: Source | None = None
         self.paths: dict[str, Path] = {}
+        self.graphs: dict[str, str] = {}  # recipe -> OPTIMUM_GRAPH | FUSED_GRAPH
+        self.fused_error = ""  # why the fused graph was not used, when it was wanted
         self.failed: dict[str, str] = {}
 
     def export(self) -> Exported:
         with step("resolve source"):
             source = resolve(self.req.source, self.req.revision, self.work)
+        self.source = source
         log(f"source {source.uri} -> {source.path}" + (f" (gguf {source.gguf_file})" if source.gguf_file else ""))
         cache = self.req.export_cache
         if cache is not None:
@@ -181,13 +197,43 @@ class _Run:
                 batches.append(feeds)
         return batches
 
+    def fused_graph(self) -> Path | None:
+        """The builder's fused decoder graph (fused.py), or None (and why, in fused_error).
+
+        Only for text-generation on the onnx target: TensorRT takes no GroupQueryAttention.
+        Cached beside a cached export, like the export itself."""
+        assert self.exported is not None and self.source is not None
+        if self.req.task != "text-generation" or self.req.target != "onnx":
+            return None
+        where = (self.exported.directory if self.req.export_cache else self.work) / "fused"
+        if (where / "model.onnx").is_file():
+            log(f"fused graph: reusing {where}")
+            return where / "model.onnx"
+        expected = _input_names(self.exported.onnx)
+        partial = where.parent / f".fused-{self.key[:12]}-{self.work.name}"
+        with step(f"build the fused decoder graph ({fused.BUILDER})"), repository.disk_errors("fused graph"):
+            onnx_path, self.fused_error = fused.build(self.source.path, self.source.gguf_file, partial, expected)
+            if onnx_path is None:
+                log(f"fused graph not used, the recipes quantize optimum's graph: {self.fused_error}")
+                return None
+            try:
+                partial.rename(where)
+            except OSError:
+                shutil.rmtree(partial, ignore_errors=True)  # another run cached it first
+        return where / "model.onnx"
+
     def build(self, chosen: list[recipes.Recipe], calibration_texts: list[str]) -> None:
         assert self.exported is not None
-        with step("prepare fp32 graph for quantization"), repository.disk_errors("prepare"):
-            prepared = recipes.prepare_for_quantization(self.exported.onnx, self.work / "prepared")
+        quantized = [r for r in chosen if r.name != "fp32" and recipes.reads_prepared(r)]
+        base = self.fused_graph() if quantized else None
+        graph = FUSED_GRAPH if base is not None else OPTIMUM_GRAPH
+        with step(f"prepare the {graph} fp32 graph for quantization"), repository.disk_errors("prepare"):
+            prepared = recipes.prepare_for_quantization(base or self.exported.onnx, self.work / "prepared")
         calibration = self.calibration(calibration_texts) if any(r.needs_calibration for r in chosen) else []
+        calibration = _feeds_for(prepared, calibration)
         for recipe in [recipes.RECIPES_BY_NAME["fp32"], *[r for r in chosen if r.name != "fp32"]]:
             dst = self.work / "recipes" / recipe.name / "model.onnx"
+            self.graphs[recipe.name] = graph if recipes.reads_prepared(recipe) else OPTIMUM_GRAPH
             try:
                 with step(f"recipe {recipe.name}"), repository.disk_errors(f"recipe {recipe.name}"):
                     self.paths[recipe.name] = recipes.apply(recipe, self.exported.onnx, prepared, dst, calibration)
@@ -248,6 +294,28 @@ class _Run:
             )
 
 
+def _feeds_for(onnx_path: Path, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Calibration feeds cut to the inputs of the graph being quantized (the fused graph has no
+    position_ids)."""
+    if not batches:
+        return batches
+    names = _input_names(onnx_path)
+    return [{k: v for k, v in batch.items() if k in names} for batch in batches]
+
+
+def _input_names(onnx_path: Path) -> set[str]:
+    import onnx
+
+    return {i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input}
+
+
+def served_metadata(metadata: dict[str, Any], graph: str) -> dict[str, Any]:
+    """flotilla.json for a graph: the fused one is driven with right-padded batches."""
+    if graph != FUSED_GRAPH or "generation" not in metadata:
+        return metadata
+    return metadata | {"generation": metadata["generation"] | {"padding_side": "right"}}
+
+
 def _cached_export(source: Source, task: str, cache: Path) -> Exported:
     """The fp32 export from `cache` (keyed by source, task and optimizer version), made once.
 
@@ -298,9 +366,10 @@ def _candidate(name: str, size: int, accuracy: evaluate.AccuracyFigures, speed: 
     return Candidate(recipe=name, precision=recipe.precision, size_bytes=size, accuracy=accuracy, speed=speed)
 
 
-def _candidate_record(c: Candidate) -> dict[str, Any]:
+def _candidate_record(c: Candidate, graphs: dict[str, str]) -> dict[str, Any]:
     return {
         "recipe": c.recipe,
+        "graph": graphs.get(c.recipe, OPTIMUM_GRAPH),
         "precision": c.precision,
         "sizeBytes": c.size_bytes,
         "sizeRatio": round(c.size_ratio, 4),
@@ -436,7 +505,7 @@ def _optimize(
         raise OptimizeError(
             "AccuracyBudgetExceeded",
             f"no {req.precision} candidate within the accuracy budget:\n" + table(measured),
-            [_candidate_record(c) for c in measured],
+            [_candidate_record(c, run.graphs) for c in measured],
         )
     log(f"picked {best.recipe} (score {best.score:.2f})")
     backend = "python"
@@ -461,7 +530,9 @@ def _optimize(
         "recipe": best.recipe,
         "referenceSizeBytes": recipes.model_size(run.paths["fp32"]),
         "evaluation": {"heldOutSentences": len(texts), "calibrationSentences": len(calibration)},
-        "candidates": [_candidate_record(c) for c in measured],
+        "graph": run.graphs.get(best.recipe, OPTIMUM_GRAPH),
+        "fusedGraphError": run.fused_error or None,
+        "candidates": [_candidate_record(c, run.graphs) for c in measured],
         "versions": library_versions(),
         "summary": json.loads(summary.model_dump_json(by_alias=True, exclude_none=True)),
     }
@@ -470,7 +541,8 @@ def _optimize(
     config_text = repository.render_default_config(req.task, gpu_config)
 
     def fill(version_dir: Path) -> None:
-        repository.write_model_dir(version_dir, onnx_path, exported.directory, exported.metadata, move=True)
+        meta = served_metadata(exported.metadata, run.graphs.get(best.recipe, OPTIMUM_GRAPH))
+        repository.write_model_dir(version_dir, onnx_path, exported.directory, meta, move=True)
 
     with step(f"publish artifact {key} to {req.out}"):
         written = repository.publish(req.out, req.name, config_text, fill, manifest)

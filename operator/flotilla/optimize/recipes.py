@@ -118,6 +118,11 @@ def candidates(precision: str, gpu: bool, only: Sequence[str] | None = None, tar
     return [r for r in chosen if (gpu or not r.gpu_only) and buildable(r, target)]
 
 
+def reads_prepared(recipe: Recipe) -> bool:
+    """Whether `recipe` quantizes the prepared graph (fp32 and fp16 read the raw export)."""
+    return recipe.name not in {"fp32", "fp16"}
+
+
 def save_model(model: Any, path: Path) -> None:
     """Save with the weights in one external file (graphs over 2 GiB, and mmap-friendly)."""
     import onnx

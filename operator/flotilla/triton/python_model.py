@@ -384,11 +384,15 @@ class Row:
 
 
 class Generator:
-    """Batched decoding with the KV cache on an optimum `text-generation-with-past` export.
+    """Batched decoding with the KV cache on an optimum `text-generation-with-past` export or
+    on the fused graph of onnxruntime-genai's model builder (flotilla.json `padding_side`).
 
-    Prompts of one batch are left-padded so every sequence's next token sits in the last
-    column; position ids follow the attention mask so padding does not shift positions. Each
-    row samples with its own parameters and RNG and finishes on its own.
+    optimum's graph: prompts of one batch are left-padded so every sequence's next token sits
+    in the last column; position ids follow the attention mask so padding does not shift
+    positions. The fused graph's GroupQueryAttention takes each row's length from the mask's
+    sum (positions and KV slots included), so there prompts are right-padded and each row's
+    first token is read at its own last prompt position. Each row samples with its own
+    parameters and RNG and finishes on its own.
     """
 
     def __init__(self, session: Any, tokenizer: Any, meta: dict[str, Any]) -> None:
@@ -404,6 +408,7 @@ class Generator:
         # The context bounds max_tokens (flotilla.json's older `max_tokens_limit` is ignored).
         self.default_max_tokens = min(int(gen.get("default_max_tokens", DEFAULT_MAX_TOKENS)), self.max_positions - 1)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids or {0}))
+        self.right_padded = gen.get("padding_side", "left") == "right"
         self.input_names = {i.name for i in session.get_inputs()}
         self.past_inputs = [i for i in session.get_inputs() if i.name.startswith("past_key_values")]
         self.output_names = [o.name for o in session.get_outputs()]
@@ -462,23 +467,29 @@ class Generator:
         return feeds
 
     def _step(
-        self, ids: IntArray, mask: IntArray, positions: IntArray, past: dict[str, Any]
+        self, ids: IntArray, mask: IntArray, positions: IntArray, past: dict[str, Any], last: IntArray | None = None
     ) -> tuple[FloatArray, dict[str, Any]]:
+        """Logits at each row's `last` column (default: the final one) and the new KV cache."""
         outputs = self.session.run(self.output_names, self._feeds(ids, mask, positions, past))
         by_name = dict(zip(self.output_names, outputs, strict=True))
         present = {k.replace("present", "past_key_values", 1): v for k, v in by_name.items() if k.startswith("present")}
-        return np.asarray(by_name["logits"][:, -1, :], dtype=np.float32), present
+        logits = by_name["logits"]
+        at = np.full(len(ids), logits.shape[1] - 1) if last is None else last
+        return np.asarray(logits[np.arange(len(ids)), at, :], dtype=np.float32), present
 
     def _prefill(self, rows: Sequence[Row]) -> tuple[FloatArray, IntArray, IntArray, dict[str, Any]]:
         width = max(len(r.prompt_ids) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
+        lengths = np.array([len(r.prompt_ids) for r in rows], dtype=np.int64)
         for i, r in enumerate(rows):
-            ids[i, width - len(r.prompt_ids) :] = r.prompt_ids
-            mask[i, width - len(r.prompt_ids) :] = 1
+            cols = slice(0, lengths[i]) if self.right_padded else slice(width - lengths[i], width)
+            ids[i, cols] = r.prompt_ids
+            mask[i, cols] = 1
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
-        logits, past = self._step(ids, mask, positions, {})
-        return logits, mask, positions, past
+        logits, past = self._step(ids, mask, positions, {}, lengths - 1 if self.right_padded else None)
+        # The next token's position is each row's length, whichever side the padding is on.
+        return logits, mask, (lengths - 1)[:, None], past
 
     def decode(self, rows: Sequence[Row]) -> Iterator[list[Completion | None]]:
         """Decode all rows as one batch; after every step, each running row's Completion.
